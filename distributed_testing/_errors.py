@@ -1,0 +1,41 @@
+"""The library's exception types: one base class, structured and picklable."""
+
+from __future__ import annotations
+
+__all__ = ["DistributedTestingError", "ConfigError", "RankFailure"]
+
+
+class DistributedTestingError(Exception):
+    """Base class of every error this library raises on its own account."""
+
+
+class ConfigError(DistributedTestingError, ValueError):
+    """A bad setting: an environment variable, class attribute or argument.
+
+    ``name`` is the setting, ``value`` what was given; the message says what is
+    allowed and shows an example.
+    """
+
+    def __init__(self, message: str, name: str = "", value: object = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.value = value
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, object]]:
+        return (type(self), (str(self), self.name, self.value))
+
+
+class RankFailure(DistributedTestingError):
+    """A distributed test failed in one or more ranks (or timed out).
+
+    The message is the full report; ``ranks`` are the failing ranks.
+    """
+
+    def __init__(self, message: str, ranks: tuple[int, ...] = (), test_id: str = "", timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.ranks = ranks
+        self.test_id = test_id
+        self.timed_out = timed_out
+
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...], str, bool]]:
+        return (type(self), (str(self), self.ranks, self.test_id, self.timed_out))

@@ -1,0 +1,200 @@
+"""The parent side: start rank processes, wait for them on one deadline, stop them.
+
+Waiting is on process sentinels and result pipes, never a sleep loop. When a
+rank fails, the others get a short grace period to report, then SIGTERM, then
+SIGKILL. At the deadline every live rank is asked for its stacks first.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed_testing._protocol import RankContext, RankResult
+
+__unittest = True
+
+STACK_SIGNAL = signal.SIGUSR1
+FAILURE_GRACE = 0.5  # seconds other ranks may take to report after one fails
+TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+STACK_WAIT = 2.0  # seconds to wait for hung ranks to write their stacks
+OUTPUT_LIMIT = 20_000  # characters of a rank's output kept for a report
+
+
+@dataclass
+class RankHandle:
+    """The parent's view of one rank process and what it reported."""
+
+    rank: int
+    process: Any  # multiprocessing.process.BaseProcess
+    conn: Any  # multiprocessing.connection.Connection
+    output_path: str
+    stacks_path: str
+    result: RankResult | None = None
+    finished_at: float | None = None
+    stopped: str = ""  # how the parent stopped it: "", "SIGTERM", "SIGKILL"
+    stacks: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode  # type: ignore[no-any-return]
+
+    def receive(self) -> None:
+        """Take the rank's result from its pipe if one is waiting."""
+        if self.result is not None or self.conn.closed:
+            return
+        try:
+            if self.conn.poll():
+                message = self.conn.recv()
+                if isinstance(message, RankResult):
+                    self.result = message
+        except (EOFError, OSError):
+            self.conn.close()
+
+
+@dataclass
+class WaitOutcome:
+    """How waiting ended."""
+
+    timed_out: bool
+    elapsed: float
+    first_failure: int | None  # the rank that failed first, if any
+
+
+def wait_for_ranks(
+    ranks: list[RankHandle],
+    timeout: float,
+    is_failure: Callable[[RankHandle], bool],
+) -> WaitOutcome:
+    """Wait until every rank exits, one fails (plus a grace period), or the deadline."""
+    start = time.monotonic()
+    deadline = start + timeout
+    stop_at = deadline
+    first_failure: int | None = None
+    while True:
+        live = [r for r in ranks if r.exitcode is None]
+        if not live:
+            break
+        now = time.monotonic()
+        if now >= stop_at:
+            break
+        waitables: list[Any] = [r.process.sentinel for r in live]
+        waitables += [r.conn for r in live if r.result is None and not r.conn.closed]
+        multiprocessing.connection.wait(waitables, timeout=stop_at - now)
+        for handle in ranks:
+            handle.receive()
+            if handle.finished_at is None and (handle.result is not None or handle.exitcode is not None):
+                handle.finished_at = time.monotonic()
+            if first_failure is None and handle.finished_at is not None and is_failure(handle):
+                first_failure = handle.rank
+                stop_at = min(deadline, time.monotonic() + FAILURE_GRACE)
+    for handle in ranks:
+        handle.receive()
+    elapsed = time.monotonic() - start
+    timed_out = first_failure is None and any(r.exitcode is None for r in ranks)
+    return WaitOutcome(timed_out, elapsed, first_failure)
+
+
+def collect_stacks(ranks: list[RankHandle]) -> None:
+    """Ask every live rank to dump its stacks (a faulthandler signal) and read them."""
+    asked = []
+    for handle in ranks:
+        if handle.exitcode is None and handle.process.pid is not None:
+            try:
+                os.kill(handle.process.pid, STACK_SIGNAL)
+                asked.append(handle)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + STACK_WAIT
+    for handle in asked:
+        # The dump happens in the rank's signal handler: wait until it is
+        # written and has stopped growing.
+        previous = -1
+        while time.monotonic() < deadline:
+            size = _size(handle.stacks_path)
+            if size > 0 and size == previous:
+                break
+            previous = size
+            handle.process.join(0.05)
+        handle.stacks = _read_text(handle.stacks_path)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def stop_ranks(ranks: list[RankHandle]) -> None:
+    """Stop every live rank: SIGTERM, then SIGKILL after a grace period; reap all."""
+    live = [r for r in ranks if r.exitcode is None]
+    for handle in live:
+        _signal(handle, signal.SIGTERM)
+        handle.stopped = "SIGTERM"
+    deadline = time.monotonic() + TERM_GRACE
+    for handle in live:
+        handle.process.join(max(0.0, deadline - time.monotonic()))
+        if handle.exitcode is None:
+            _signal(handle, signal.SIGKILL)
+            handle.stopped = "SIGKILL"
+    for handle in ranks:
+        handle.process.join()
+        handle.receive()
+
+
+def close(ranks: list[RankHandle]) -> None:
+    """Release the pipes and process handles of finished ranks."""
+    for handle in ranks:
+        handle.conn.close()
+        if handle.exitcode is not None:
+            handle.process.close()
+
+
+def _signal(handle: RankHandle, signum: int) -> None:
+    try:
+        os.kill(handle.process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def read_output(path: str, limit: int = OUTPUT_LIMIT) -> str:
+    """A rank's captured output, keeping the last ``limit`` characters."""
+    text = _read_text(path)
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"[... {cut} earlier characters of output not shown]\n" + text[cut:]
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def start_rank(
+    proc: Callable[..., Any],
+    target: Callable[..., None],
+    cls: type,
+    rank: int,
+    test_name: str,
+    file_name: str,
+    ctx: RankContext,
+) -> RankHandle:
+    """Start one rank with ``proc`` (a Process class); the parent keeps only its pipe end."""
+    parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
+    args = (cls, rank, test_name, file_name, child_conn, ctx)
+    process = proc(target=target, name=f"rank {rank}", args=args)
+    process.start()
+    child_conn.close()
+    return RankHandle(rank, process, parent_conn, ctx.output_path, ctx.stacks_path)

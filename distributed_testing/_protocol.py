@@ -1,0 +1,49 @@
+"""The parent/rank protocol: plain, picklable data that crosses the process boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["PASSED", "FAILED", "SKIPPED", "EXITED", "ErrorInfo", "RankResult", "RankContext"]
+
+# A rank's own verdict on the test it ran.
+PASSED = "passed"
+FAILED = "failed"
+SKIPPED = "skipped"
+EXITED = "exited"  # the test called sys.exit(n) with n != 0 and not a skip code
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """One exception raised in a rank, formatted there (tracebacks do not pickle)."""
+
+    exc_type: str
+    message: str
+    traceback: str
+    is_assertion: bool
+    where: str = ""  # "", "setUp", "tearDown", "subTest (i=3)", "building the test case"
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """The one message a rank sends: how its run of the test ended."""
+
+    rank: int
+    pid: int
+    status: str
+    errors: tuple[ErrorInfo, ...] = ()
+    reason: str = ""  # the skip reason
+    exit_code: int = 0  # the code this rank's process exits with
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """What the parent tells a rank about where to leave its traces."""
+
+    parent_pid: int
+    output_path: str
+    stacks_path: str
+    test_id: str
+    stack_signal: int
+    extra_env: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,243 @@
+"""The rank side: prepare a rank process, run one test in it, report one result.
+
+This module runs inside rank processes and imports the minimum: never pytest,
+the runner or the parent-side launcher.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import random
+import signal
+import sys
+import time
+import unittest
+from collections.abc import Callable
+from typing import Any
+
+from distributed_testing._protocol import (
+    EXITED,
+    FAILED,
+    PASSED,
+    SKIPPED,
+    ErrorInfo,
+    RankContext,
+    RankResult,
+)
+from distributed_testing._skips import reason_for_exit_code, skip_exit_code
+
+__unittest = True  # hide these frames from user tracebacks
+
+SEED = 1234  # the seed every rank starts a test with, as PyTorch's runner uses
+TEST_ERROR_EXIT_CODE = 10  # PyTorch's code for "the test raised"
+_PR_SET_PDEATHSIG = 1
+
+_context: RankContext | None = None
+_sent = False
+_exit_code = 0  # set with the result: the code this rank's process leaves with
+
+
+def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, ctx: RankContext) -> None:
+    """Entry point of a rank process: set up, run ``cls._run``, leave with ``os._exit``.
+
+    ``os._exit`` keeps a forked rank from running the parent's unittest or
+    pytest machinery and atexit handlers.
+    """
+    global _context
+    _context = ctx
+    _die_with_parent(ctx.parent_pid)
+    _redirect_output(ctx.output_path)
+    _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    os.environ.update(ctx.extra_env)
+    code = TEST_ERROR_EXIT_CODE
+    try:
+        cls._run(rank, test_name, file_name, conn)
+        code = _exit_code
+    except BaseException as exc:  # the test case could not even be built
+        if not _sent:
+            info = format_error(exc, "building the test case", None)
+            send_result(conn, RankResult(rank, os.getpid(), FAILED, (info,), exit_code=code))
+    finally:
+        _flush()
+    if not _sent:  # a custom _run that never called run_test
+        send_result(conn, RankResult(rank, os.getpid(), PASSED))
+        _flush()
+    os._exit(code)
+
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this rank when its parent dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _redirect_output(path: str) -> None:
+    """Send fd 1 and 2 (Python, logging and C++ output alike) to the rank's log."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    # A test runner may have replaced sys.stdout with its own capture object.
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
+def _register_stack_dump(path: str, signum: int) -> None:
+    """On ``signum``, write every thread's stack to ``path``; works inside C++ calls."""
+    stacks = open(path, "w")  # kept open for the life of the rank
+    faulthandler.register(signum, file=stacks, all_threads=True, chain=False)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def seed_all(seed: int = SEED) -> None:
+    """Give every rank the same random state, as PyTorch's runner does."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed)
+
+
+def send_result(conn: Any, result: RankResult) -> None:
+    """Send this rank's one result to the parent; later calls are ignored."""
+    global _sent, _exit_code
+    if _sent:
+        return
+    _sent = True
+    _exit_code = result.exit_code
+    try:
+        conn.send(result)
+    except (OSError, ValueError):  # the parent is gone or stopped listening
+        pass
+
+
+class _Collector(unittest.TestResult):
+    """Records what unittest's own machinery saw while running the test in a rank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error_infos: list[ErrorInfo] = []
+        self.skip_reason: str | None = None
+        self.exit_status: int | None = None
+        self.phase = ""  # the rank hook running now, named in its errors
+
+    def addError(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+        exc = err[1]
+        if isinstance(exc, SystemExit):
+            self._system_exit(exc)
+        else:
+            self.error_infos.append(format_error(exc, self.phase, err, self, test))
+
+    def addFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+        self.error_infos.append(format_error(err[1], self.phase, err, self, test))
+
+    def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:  # noqa: N802
+        if err is not None:
+            where = f"subTest {subtest._subDescription()}"
+            self.error_infos.append(format_error(err[1], where, err, self, test))
+
+    def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
+        self.skip_reason = reason
+
+    def addExpectedFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+        # The parent's method carries the same marker: report the failure so the
+        # parent's own unittest run records it as expected.
+        self.error_infos.append(format_error(err[1], "", err, self, test))
+
+    def _system_exit(self, exc: SystemExit) -> None:
+        code = exc.code
+        if code is None or code == 0:
+            return
+        number = code if isinstance(code, int) else 1
+        reason = reason_for_exit_code(number)
+        if reason is not None:
+            self.skip_reason = reason
+        else:
+            self.exit_status = number
+
+
+def format_error(
+    exc: BaseException,
+    where: str,
+    err: Any,
+    collector: unittest.TestResult | None = None,
+    test: unittest.TestCase | None = None,
+) -> ErrorInfo:
+    """Turn an exception into plain data, framework frames trimmed."""
+    import traceback
+
+    if err is not None and collector is not None and test is not None:
+        text = collector._exc_info_to_string(err, test)  # unittest's own trimming
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return ErrorInfo(
+        exc_type=type(exc).__name__,
+        message=message,
+        traceback=text.rstrip("\n"),
+        is_assertion=isinstance(exc, AssertionError),
+        where=where,
+    )
+
+
+def run_in_rank(
+    case: unittest.TestCase,
+    rank: int,
+    set_up: Callable[[], None],
+    tear_down: Callable[[], None],
+) -> RankResult:
+    """Run one test method through unittest's machinery in this rank.
+
+    ``setUp`` and ``tearDown`` are the parent's hooks in PyTorch's protocol
+    (setUp is where ranks are spawned), so a rank runs ``set_up`` and
+    ``tear_down`` in their place, with unittest's handling of skips, subtests,
+    expected failures and cleanups.
+    """
+    seed_all()
+    collector = _Collector()
+    case.setUp = _phase(collector, "setUp", set_up)  # type: ignore[method-assign]
+    case.tearDown = _phase(collector, "tearDown", tear_down)  # type: ignore[method-assign]
+    start = time.monotonic()
+    unittest.TestCase.run(case, collector)
+    duration = time.monotonic() - start
+    pid = os.getpid()
+    if collector.error_infos:
+        errors = tuple(collector.error_infos)
+        return RankResult(rank, pid, FAILED, errors, exit_code=TEST_ERROR_EXIT_CODE, duration=duration)
+    if collector.exit_status is not None:
+        return RankResult(rank, pid, EXITED, exit_code=collector.exit_status, duration=duration)
+    if collector.skip_reason is not None:
+        reason = collector.skip_reason
+        return RankResult(rank, pid, SKIPPED, reason=reason, exit_code=skip_exit_code(reason), duration=duration)
+    return RankResult(rank, pid, PASSED, duration=duration)
+
+
+def _phase(collector: _Collector, name: str, hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` with errors attributed to the phase ``name`` (setUp, tearDown)."""
+
+    def run() -> None:
+        collector.phase = name
+        hook()
+        collector.phase = ""
+
+    return run

@@ -1,0 +1,160 @@
+"""run_tests(): the entry point at the bottom of a test file.
+
+Validates the environment before any test runs, fills the embedded defaults
+(and says so in one line), runs the module's tests with unittest's own
+argument handling, and turns the run into an exit code: 0 all passed,
+1 a test failed, 2 bad configuration or usage, 5 no tests ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
+
+from distributed_testing import _config
+from distributed_testing._errors import ConfigError
+
+__all__ = ["run_tests", "main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NO_TESTS"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 5
+STRICT_FLAG = "--strict-env"
+
+
+def run_tests(argv: Sequence[str] | None = None, strict_env: bool = False, module: str = "__main__") -> NoReturn:
+    """Run the tests of ``module`` (the calling file) and exit with the outcome's code."""
+    sys.exit(main(argv, strict_env=strict_env, module=module))
+
+
+def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module: str = "__main__") -> int:
+    """Like :func:`run_tests`, but return the exit code."""
+    args = list(sys.argv if argv is None else argv)
+    strict = strict_env or STRICT_FLAG in args
+    args = [a for a in args if a != STRICT_FLAG]
+    try:
+        settings = _config.load(strict=strict)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    with _environment(settings) as note:
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        program = _Program(module=module, argv=args, exit=False)
+    if program.usage_error:
+        return _usage_error(program.usage_error)
+    if program.result is None or program.result.testsRun == 0:
+        print(f"{_config.script_name()}: no tests ran: {program.empty_reason}", file=sys.stderr)
+        return EXIT_NO_TESTS
+    return EXIT_OK if program.result.wasSuccessful() else EXIT_FAILED
+
+
+def _usage_error(message: str) -> int:
+    print(f"{_config.script_name()}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def _environment(settings: _config.Settings) -> Iterator[str]:
+    """Export the defaults the ranks (and PyTorch-style suites) read; yield the note."""
+    defaults: dict[str, str] = {}
+    if not settings.backend_from_env:
+        defaults["BACKEND"] = settings.backend
+    if "INIT_METHOD" not in os.environ or not os.environ["INIT_METHOD"]:
+        defaults["INIT_METHOD"] = settings.init_method
+    private = None
+    if settings.temp_dir is None:
+        private = tempfile.mkdtemp(prefix="dt-run-")
+        defaults["TEMP_DIR"] = private
+    temp_dir = settings.temp_dir or private or ""
+    for sub in ("barrier", "test_dir"):  # what PyTorch's suites expect in TEMP_DIR
+        os.makedirs(os.path.join(temp_dir, sub), exist_ok=True)
+    saved = {name: os.environ.get(name) for name in defaults}
+    os.environ.update(defaults)
+    try:
+        yield _defaults_note(defaults, settings, private is not None)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _defaults_note(defaults: dict[str, str], settings: _config.Settings, private: bool) -> str:
+    if not defaults and settings.world_size is not None:
+        return ""
+    parts = [f"{k}={v}" for k, v in defaults.items() if k != "TEMP_DIR"]
+    if private:
+        parts.append("TEMP_DIR=<private, removed at exit>")
+    if settings.world_size is None:
+        parts.append("WORLD_SIZE=<each class's own>")
+    return "distributed_testing: defaults " + ", ".join(parts)
+
+
+def _iter_tests(suite: Any) -> Iterator[unittest.TestCase]:
+    if isinstance(suite, unittest.TestSuite):
+        for item in suite:
+            yield from _iter_tests(item)
+    else:
+        yield suite
+
+
+class _Program(unittest.TestProgram):
+    """unittest's own argument handling, with checks before any test runs."""
+
+    usage_error = ""
+    empty_reason = ""
+
+    def runTests(self) -> None:  # noqa: N802
+        tests = list(_iter_tests(self.test))
+        given = list(self.testNames or [])
+        self.usage_error = _check_names(tests, self.module, given) or _check_world_sizes(tests)
+        if self.usage_error:
+            self.result = None
+            return
+        if not tests:
+            self.result = None
+            self.empty_reason = _empty_reason(self.module, getattr(self, "testNamePatterns", None))
+            return
+        super().runTests()
+
+
+def _check_names(tests: list[unittest.TestCase], module: Any, given: list[str]) -> str:
+    failed = [t for t in tests if type(t).__name__ == "_FailedTest"]
+    if not failed:
+        return ""
+    names = given or [t.id().rsplit(".", 1)[-1] for t in failed]
+    known = [t.id().split(".", 1)[-1] for t in _iter_tests(unittest.defaultTestLoader.loadTestsFromModule(module))]
+    shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "") if known else "none"
+    return (
+        f"no test named {', '.join(repr(n) for n in names)} in {_config.script_name()}; "
+        f"available: {shown}. Example: python {_config.script_name()} "
+        f"{known[0] if known else 'TestX.test_y'}"
+    )
+
+
+def _check_world_sizes(tests: list[unittest.TestCase]) -> str:
+    from distributed_testing._testcase import MultiProcessTestCase
+
+    for test in tests:
+        if isinstance(test, MultiProcessTestCase):
+            name = f"{type(test).__name__}.world_size"
+            try:
+                _config.parse_world_size(test.world_size, name)
+            except ConfigError as exc:
+                return str(exc)
+            except Exception as exc:  # a property that raises
+                return f"{name} raised {type(exc).__name__}: {exc}"
+    return ""
+
+
+def _empty_reason(module: Any, patterns: Sequence[str] | None) -> str:
+    if patterns:
+        return f"no test matches -k {' '.join(patterns)}"
+    return f"{_config.script_name()} defines no test_* methods"

@@ -1,0 +1,377 @@
+"""MultiProcessTestCase and DistributedTestBase: PyTorch's API over our engine.
+
+A thin unittest-shaped shell: launching lives in ``_launcher``, the rank side
+in ``_rank``, folding outcomes in ``_outcomes``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import types
+import unittest
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import expecttest
+
+from distributed_testing import _config, _devices, _launcher, _outcomes, _rank
+from distributed_testing._errors import ConfigError, RankFailure
+from distributed_testing._guards import guard_reason
+from distributed_testing._protocol import RankContext
+
+__unittest = True
+
+__all__ = ["MultiProcessTestCase", "DistributedTestBase"]
+
+DEFAULT_WORLD_SIZE = 4  # as PyTorch's MultiProcessTestCase
+_warned_fallback = False
+
+
+class MultiProcessTestCase(expecttest.TestCase):
+    """Runs each ``test_*`` method in ``world_size`` rank processes.
+
+    ``setUp`` must call ``self._spawn_processes()``; the method then runs in
+    every rank with ``self.rank`` set, and the parent folds the ranks' results
+    into one outcome. Class attributes: ``start_method`` ("fork" or "spawn";
+    default: env ``DISTRIBUTED_TESTING_START_METHOD``, else fork on Linux) and
+    ``timeout`` (seconds; default: env ``DISTRIBUTED_TESTING_TIMEOUT``, else 300).
+    """
+
+    MAIN_PROCESS_RANK = -1
+    TEST_ERROR_EXIT_CODE = _rank.TEST_ERROR_EXIT_CODE
+    start_method: ClassVar[str | None] = None
+    timeout: ClassVar[float | None] = None
+
+    def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
+        if methodName != "runTest":
+            method_name = methodName
+        if method_name != "runTest" and not hasattr(type(self), method_name):
+            raise ConfigError(_no_such_test(type(self), method_name), "test name", method_name)
+        super().__init__(method_name)
+        self.rank = self.MAIN_PROCESS_RANK
+        self.file_name = ""
+        self.processes: list[Any] = []
+        self.pid_to_pipe: dict[int, Any] = {}
+        self.skip_return_code_checks: list[Any] = []
+        self.special_return_code_checks: dict[Any, int] = {}
+        self._dt_handles: list[_launcher.RankHandle] = []
+        self._dt_dir: str | None = None
+        if hasattr(type(self), method_name):
+            setattr(self, method_name, self.join_or_run(getattr(self, method_name)))
+
+    # -- PyTorch's properties -------------------------------------------------
+
+    @property
+    def destroy_pg_upon_exit(self) -> bool:
+        """Whether a rank destroys the default process group after the test."""
+        return True
+
+    @property
+    def world_size(self) -> int:
+        """Ranks per test: ``requires_world_size(n)``, env ``WORLD_SIZE``, else 4."""
+        required = getattr(self._dt_method(), "_required_world_size", None)
+        return int(required or _config.load().world_size or DEFAULT_WORLD_SIZE)
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    def _current_test_name(self) -> str:
+        return self.id().split(".")[-1]
+
+    def _dt_method(self) -> Any:
+        return getattr(type(self), self._testMethodName, None)
+
+    # -- the parent side ------------------------------------------------------
+
+    def join_or_run(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Wrap a test method: join the ranks in the parent, run the body in a rank."""
+
+        @functools.wraps(fn)
+        def wrapper(self: MultiProcessTestCase) -> Any:
+            __tracebackhide__ = True
+            if self.rank == self.MAIN_PROCESS_RANK:
+                return self._join_processes(fn)
+            return fn()
+
+        return types.MethodType(wrapper, self)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.special_return_code_checks = {}
+        self.skip_return_code_checks = []
+        self.processes = []
+        self.pid_to_pipe = {}
+        self.rank = self.MAIN_PROCESS_RANK
+        self._dt_dir = tempfile.mkdtemp(prefix=f"dt-{type(self).__name__}-")
+        self.addCleanup(self._dt_cleanup)
+        self.file_name = os.path.join(self._dt_dir, "rendezvous")
+        open(self.file_name, "w").close()
+
+    def tearDown(self) -> None:
+        super().tearDown()
+        self._dt_stop()
+
+    def _dt_stop(self) -> None:
+        _launcher.stop_ranks(self._dt_handles)
+        _launcher.close(self._dt_handles)
+        self._dt_handles = []
+        self.processes = []
+        self.pid_to_pipe = {}
+
+    def _dt_cleanup(self) -> None:
+        self._dt_stop()
+        if self._dt_dir is not None:
+            shutil.rmtree(self._dt_dir, ignore_errors=True)
+            self._dt_dir = None
+
+    def _spawn_processes(self) -> None:
+        """Start the ranks with the class's start method (never from inside a rank)."""
+        if self.rank != self.MAIN_PROCESS_RANK:
+            return
+        settings = _config.load()
+        reason = guard_reason(self, self._dt_method())
+        if reason is not None:
+            raise unittest.SkipTest(reason)
+        method = _choose_start_method(_config.resolve_start_method(type(self).start_method, settings))
+        self._start_processes(multiprocessing.get_context(method).Process)
+
+    def _start_processes(self, proc: Any) -> None:
+        """Start ``world_size`` ranks with ``proc``, a multiprocessing Process class."""
+        name = f"{type(self).__name__}.world_size"
+        world_size = _config.parse_world_size(self.world_size, name)
+        if self._dt_dir is None:
+            raise ConfigError(
+                f"{type(self).__name__}.setUp must call super().setUp() before "
+                "self._spawn_processes(). Example: def setUp(self): super().setUp(); "
+                "self._spawn_processes()",
+                "setUp",
+            )
+        self.processes, self._dt_handles = [], []
+        for rank in range(world_size):
+            ctx = RankContext(
+                parent_pid=os.getpid(),
+                output_path=os.path.join(self._dt_dir, f"rank{rank}.out"),
+                stacks_path=os.path.join(self._dt_dir, f"rank{rank}.stacks"),
+                test_id=self.id(),
+                stack_signal=int(_launcher.STACK_SIGNAL),
+                extra_env=self._rank_env(),
+            )
+            handle = _launcher.start_rank(
+                proc, _rank.rank_main, type(self), rank, self._current_test_name(), self.file_name, ctx
+            )
+            self._dt_handles.append(handle)
+            self.processes.append(handle.process)
+            self.pid_to_pipe[handle.process.pid] = handle.conn
+
+    def _rank_env(self) -> dict[str, str]:
+        """Environment variables every rank of this test gets."""
+        return {}
+
+    def _join_processes(self, fn: Any) -> None:
+        """Wait for every rank, then fold their results into this test's outcome."""
+        __tracebackhide__ = True
+        if not self._dt_handles:
+            raise ConfigError(
+                f"{self.id()} started no rank processes: call self._spawn_processes() in "
+                "setUp. Example: def setUp(self): super().setUp(); self._spawn_processes()",
+                "setUp",
+            )
+        timeout = _config.resolve_timeout(type(self).timeout, _config.load())
+        expected, ignore = self._dt_code_rules(fn)
+
+        def is_failure(handle: _launcher.RankHandle) -> bool:
+            view = _view(handle, with_output=False)
+            return _outcomes.rank_failed(view, expected, ignore)
+
+        try:
+            waited = _launcher.wait_for_ranks(self._dt_handles, timeout, is_failure)
+            if waited.timed_out:
+                _launcher.collect_stacks(self._dt_handles)
+            _launcher.stop_ranks(self._dt_handles)
+            self._dt_waited = waited
+            self._dt_timeout = timeout
+            self._check_return_codes(fn, waited.elapsed)
+        finally:
+            self._dt_stop()
+
+    def _dt_code_rules(self, fn: Any) -> tuple[int | None, bool]:
+        """PyTorch's per-test exit-code exceptions: (expected code, ignore codes)."""
+        ignore = any(_same_test(entry, fn) for entry in self.skip_return_code_checks)
+        expected = None
+        for entry, code in self.special_return_code_checks.items():
+            if _same_test(entry, fn):
+                expected = int(code)
+        return expected, ignore
+
+    def _check_return_codes(self, fn: Any, elapsed_time: float) -> None:
+        """Fold every rank's result and exit code; raise the test's outcome."""
+        __tracebackhide__ = True
+        settings = _config.load()
+        waited = self._dt_waited
+        expected, ignore = self._dt_code_rules(fn)
+        views = [_view(h, with_output=True) for h in self._dt_handles]
+        outcome = _outcomes.fold(
+            views,
+            test_id=self.id(),
+            world_size=len(views),
+            timed_out=waited.timed_out,
+            timeout=self._dt_timeout,
+            first_failure=waited.first_failure,
+            expected_code=expected,
+            ignore_codes=ignore,
+            rerun=self._dt_rerun_command(settings, len(views)),
+        )
+        if settings.show_output:
+            _print_outputs(views)
+        if outcome.kind == _outcomes.SKIP:
+            raise unittest.SkipTest(outcome.message)
+        if outcome.kind == _outcomes.FAIL:
+            raise self.failureException(outcome.message)
+        if outcome.kind == _outcomes.ERROR:
+            raise RankFailure(outcome.message, outcome.failed_ranks, self.id(), waited.timed_out)
+
+    def _dt_rerun_command(self, settings: _config.Settings, world_size: int) -> str:
+        env = f"BACKEND={settings.backend} WORLD_SIZE={world_size}"
+        if settings.start_method:
+            env += f" {_config.ENV_START_METHOD}={settings.start_method}"
+        try:
+            path = inspect.getsourcefile(type(self)) or ""
+            path = os.path.relpath(path)
+        except (TypeError, ValueError):
+            path = _config.script_name()
+        klass, method = type(self).__name__, self._testMethodName
+        if _config.running_under_pytest():
+            return f"{env} pytest {path}::{klass}::{method}"
+        return f"{env} python {path} {klass}.{method}"
+
+    # -- the rank side --------------------------------------------------------
+
+    @classmethod
+    def _run(cls, rank: int, test_name: str, file_name: str, parent_pipe: Any, **kwargs: Any) -> None:
+        """Build the test case in a rank and run it (PyTorch's entry point)."""
+        self = cls(test_name)
+        self.rank = rank
+        self.file_name = file_name
+        self.run_test(test_name, parent_pipe)
+
+    def run_test(self, test_name: str, parent_pipe: Any) -> None:
+        """Run the test in this rank and send the one result to the parent."""
+        result = _rank.run_in_rank(self, self.rank, self._rank_setup, self._rank_teardown)
+        if self.destroy_pg_upon_exit:
+            _destroy_default_group()
+        _rank.send_result(parent_pipe, result)
+
+    def _rank_setup(self) -> None:
+        """Per-rank set-up before the test method (the parent ran ``setUp``)."""
+
+    def _rank_teardown(self) -> None:
+        """Per-rank tear-down after the test method."""
+
+
+class DistributedTestBase(MultiProcessTestCase):
+    """PyTorch's DistributedTestBase: spawns in setUp, makes a group per device."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self._spawn_processes()
+
+    def backend(self, device: str) -> str:
+        """The c10d backend for a device string: nccl for cuda, gloo for cpu."""
+        if "cuda" in device:
+            return "nccl"
+        if "hpu" in device:
+            return "hccl"
+        if "xpu" in device:
+            return "xccl"
+        return "gloo"
+
+    def create_pg(self, device: str, world_size: int | None = None) -> Any:
+        """Initialise the default process group for ``device`` from ``file_name``."""
+        import torch
+        import torch.distributed as dist
+
+        size = self.world_size if world_size is None else world_size
+        store = dist.FileStore(self.file_name, size)
+        backend = self.backend(device)
+        dist.init_process_group(backend=backend, world_size=size, rank=self.rank, store=store)
+        if backend in ("nccl", "xccl"):
+            count = torch.get_device_module(device).device_count()
+            torch.get_device_module(device).set_device(self.rank % max(count, 1))
+        return dist.distributed_c10d._get_default_group()
+
+    def rank_to_device(self, device: str) -> dict[int, list[int]]:
+        """Map each rank to the device it uses, round robin over visible devices."""
+        import torch
+
+        count = max(torch.get_device_module(device).device_count(), 1)
+        return {i: [i % count] for i in range(self.world_size)}
+
+
+def _destroy_default_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except (AssertionError, ValueError, RuntimeError):
+            pass
+
+
+def _view(handle: _launcher.RankHandle, with_output: bool) -> _outcomes.RankView:
+    return _outcomes.RankView(
+        rank=handle.rank,
+        pid=handle.process.pid,
+        result=handle.result,
+        exitcode=handle.exitcode,
+        stopped=handle.stopped,
+        finished_at=handle.finished_at,
+        stacks=handle.stacks,
+        output=_launcher.read_output(handle.output_path) if with_output else "",
+    )
+
+
+def _print_outputs(views: list[_outcomes.RankView]) -> None:
+    for view in views:
+        for line in view.output.splitlines():
+            print(f"[rank {view.rank}] {line}", file=sys.stderr)
+
+
+def _same_test(entry: Any, fn: Any) -> bool:
+    """Whether an entry of skip/special_return_code_checks names the test ``fn``."""
+    if entry is fn or entry == fn:
+        return True
+    target = getattr(fn, "__func__", fn)
+    other = getattr(entry, "__func__", entry)
+    other = getattr(other, "__wrapped__", other)
+    return other is target or getattr(other, "__name__", None) == getattr(target, "__name__", "")
+
+
+def _choose_start_method(method: str) -> str:
+    """fork unless CUDA is initialised here (forked CUDA is unsafe): then spawn, said once."""
+    global _warned_fallback
+    if method != "fork" or not _devices.cuda_initialized():
+        return method
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            "distributed_testing: CUDA is initialised in this process, so ranks start "
+            "with spawn instead of fork (a forked CUDA context is unusable)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "spawn"
+
+
+def _no_such_test(cls: type, name: str) -> str:
+    tests = sorted(n for n in dir(cls) if n.startswith("test"))
+    listed = ", ".join(tests) if tests else "no test methods"
+    return f"{cls.__name__} has no test method {name!r}; it has: {listed}"
+

@@ -1,0 +1,100 @@
+"""Shared fixtures: write a test file into a temp dir, run it in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HEADER = """\
+import os, signal, sys, time, unittest
+import torch
+import torch.distributed as dist
+import distributed_testing as dt
+from distributed_testing import *
+"""
+
+# Variables that would leak the outer run's configuration into the file under test.
+_CONFIG_VARS = (
+    "BACKEND",
+    "WORLD_SIZE",
+    "TEMP_DIR",
+    "INIT_METHOD",
+    "RANK",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "DISTRIBUTED_TESTING_START_METHOD",
+    "DISTRIBUTED_TESTING_TIMEOUT",
+    "DISTRIBUTED_TESTING_SHOW_OUTPUT",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_ADDOPTS",
+)
+
+
+@dataclass
+class Run:
+    """A finished subprocess: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Runner:
+    """Writes test files into ``tmp_path`` and runs them with a clean environment."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.scratch = tmp_path / "tmp"  # TMPDIR of the child: must end up empty
+        self.scratch.mkdir()
+
+    def write(self, body: str, name: str = "test_x.py", header: bool = True) -> Path:
+        path = self.tmp_path / name
+        text = textwrap.dedent(body)
+        path.write_text((HEADER + "\n" if header else "") + text)
+        return path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _CONFIG_VARS}
+        env["TMPDIR"] = str(self.scratch)
+        env["PYTHONWARNINGS"] = "ignore"
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, timeout: float = 240, **env: str) -> Run:
+        """Run ``python ARGS`` (a file and its arguments) in ``tmp_path``."""
+        return self._run([sys.executable, *args], timeout, env)
+
+    def pytest(self, *args: str, timeout: float = 240, **env: str) -> Run:
+        return self._run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], timeout, env)
+
+    def _run(self, cmd: list[str], timeout: float, env: dict[str, str]) -> Run:
+        proc = subprocess.run(
+            cmd,
+            cwd=self.tmp_path,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def leftovers(self) -> list[str]:
+        """Files the run left in its TMPDIR (there should be none)."""
+        return sorted(str(p.relative_to(self.scratch)) for p in self.scratch.rglob("*"))
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Runner:
+    return Runner(tmp_path)
