@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -98,3 +99,43 @@ class Runner:
 @pytest.fixture
 def runner(tmp_path: Path) -> Runner:
     return Runner(tmp_path)
+
+
+_STATUS = re.compile(r"^(?P<name>test\w*) \((?P<id>[\w.]+)\)(?: \.\.\.|\n.*?\.\.\.) (?P<status>ok|FAIL|ERROR|skipped .*|expected failure|unexpected success)$", re.M)
+_SECTION = re.compile(r"^={50,}\n(?P<kind>FAIL|ERROR): (?P<name>test\w*) \((?P<id>[\w.]+)\)\n-{50,}\n", re.M)
+
+
+def outcomes(output: str) -> dict[str, str]:
+    """unittest -v lines -> {"TestX.test_y": "ok" | "FAIL" | "ERROR" | "skipped 'why'"}."""
+    found = {}
+    for match in _STATUS.finditer(output):
+        key = ".".join(match["id"].split(".")[-2:])
+        found[key] = match["status"]
+    return found
+
+
+def reports(output: str) -> dict[str, str]:
+    """The failure report under each FAIL/ERROR heading, keyed "TestX.test_y"."""
+    matches = list(_SECTION.finditer(output))
+    found = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else output.find("\n" + "-" * 70 + "\nRan ")
+        key = ".".join(match["id"].split(".")[-2:])
+        found[key] = output[match.end() : end if end > 0 else len(output)]
+    return found
+
+
+def live_processes(marker: str) -> list[str]:
+    """Processes whose command line mentions ``marker`` (a test's unique path)."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            alive.append(f"{entry}: {cmdline}")
+    return alive
