@@ -1,0 +1,442 @@
+"""Pure tests of distributed_testing._config: parsing, validation and precedence."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from distributed_testing import _config
+from distributed_testing._config import (
+    DEFAULT_TIMEOUT,
+    Settings,
+    load,
+    parse_backend,
+    parse_init_method,
+    parse_start_method,
+    parse_temp_dir,
+    parse_timeout,
+    parse_world_size,
+    resolve_start_method,
+    resolve_timeout,
+)
+from distributed_testing._errors import ConfigError, DistributedTestingError
+
+_ENV_VARS = (
+    "BACKEND",
+    "WORLD_SIZE",
+    "TEMP_DIR",
+    "INIT_METHOD",
+    "DISTRIBUTED_TESTING_START_METHOD",
+    "DISTRIBUTED_TESTING_TIMEOUT",
+    "DISTRIBUTED_TESTING_SHOW_OUTPUT",
+)
+
+DEFAULTS = Settings(
+    backend="gloo",
+    backend_from_env=False,
+    world_size=None,
+    temp_dir=None,
+    init_method="file://",
+    start_method=None,
+    timeout=None,
+    show_output=False,
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages name the script from argv; settings must not leak in from the outer run."""
+    monkeypatch.setattr(sys, "argv", ["test_x.py"])
+    for name in _ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _error(func: Callable[..., object], *args: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        func(*args)
+    return info.value
+
+
+# -- WORLD_SIZE ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(1, 1), (2, 2), (64, 64), ("1", 1), ("4", 4), (" 3 ", 3), ("+3", 3)],
+)
+def test_parse_world_size_accepts_positive_integers_and_numeric_strings(value: object, expected: int) -> None:
+    assert parse_world_size(value) == expected
+
+
+def test_parse_world_size_message_names_value_and_shows_example() -> None:
+    err = _error(parse_world_size, "two")
+    assert str(err).startswith("WORLD_SIZE must be an integer >= 1, got WORLD_SIZE='two'.")
+    assert "Example:" in str(err)
+    assert str(err) == "WORLD_SIZE must be an integer >= 1, got WORLD_SIZE='two'. Example: WORLD_SIZE=2 python test_x.py"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "", " ", "2.0", "two", True, False, 0, -1, 2.5, None])
+def test_parse_world_size_rejects(value: object) -> None:
+    err = _error(parse_world_size, value)
+    assert str(err).startswith(f"WORLD_SIZE must be an integer >= 1, got WORLD_SIZE={value!r}.")
+    assert err.name == "WORLD_SIZE"
+    assert err.value == value and type(err.value) is type(value)
+
+
+def test_parse_world_size_error_uses_the_given_setting_name() -> None:
+    err = _error(parse_world_size, 0, "Case.world_size")
+    assert str(err).startswith("Case.world_size must be an integer >= 1, got Case.world_size=0.")
+    assert err.name == "Case.world_size"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="parse_world_size checks str.isdigit() then calls int(): '++3' and '²' pass the "
+    "check and int() raises a bare ValueError instead of ConfigError",
+)
+@pytest.mark.parametrize("value", ["++3", "\u00b2"])
+def test_parse_world_size_non_decimal_digits_give_config_error(value: str) -> None:
+    err = _error(parse_world_size, value)
+    assert str(err).startswith("WORLD_SIZE must be an integer >= 1")
+
+
+# -- BACKEND ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["gloo", "GLOO", " gloo "])
+def test_parse_backend_normalises_an_available_backend(value: str) -> None:
+    assert parse_backend(value) == "gloo"
+
+
+def test_parse_backend_unknown_lists_allowed_and_available() -> None:
+    err = _error(parse_backend, "bogus")
+    assert str(err) == (
+        "BACKEND must be one of gloo, nccl, ucc, mpi, xccl, got BACKEND='bogus'. "
+        "This torch build has: gloo. Example: BACKEND=gloo WORLD_SIZE=2 python test_x.py"
+    )
+    assert (err.name, err.value) == ("BACKEND", "bogus")
+
+
+def test_parse_backend_known_but_not_built_says_not_available() -> None:
+    err = _error(parse_backend, "nccl")
+    assert str(err) == (
+        "BACKEND='nccl' is not available in this torch build, which has: gloo. "
+        "Example: BACKEND=gloo WORLD_SIZE=2 python test_x.py"
+    )
+    assert (err.name, err.value) == ("BACKEND", "nccl")
+
+
+@pytest.mark.parametrize("value", ["mpi", "ucc", "xccl"])
+def test_parse_backend_other_unbuilt_backends_are_not_available(value: str) -> None:
+    assert "is not available in this torch build, which has: gloo." in str(_error(parse_backend, value))
+
+
+# -- TEMP_DIR -----------------------------------------------------------------
+
+
+def test_parse_temp_dir_accepts_writable_directory_and_leaves_no_probe(tmp_path: Path) -> None:
+    assert parse_temp_dir(str(tmp_path)) == str(tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_parse_temp_dir_returns_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert parse_temp_dir(".") == str(tmp_path)
+
+
+def test_parse_temp_dir_missing(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    err = _error(parse_temp_dir, missing)
+    assert str(err) == (
+        f"TEMP_DIR must be an existing, writable directory, got TEMP_DIR={missing!r}, "
+        "which does not exist. Example: mkdir -p /tmp/dt && TEMP_DIR=/tmp/dt BACKEND=gloo "
+        "WORLD_SIZE=2 python test_x.py"
+    )
+    assert (err.name, err.value) == ("TEMP_DIR", missing)
+
+
+def test_parse_temp_dir_a_file_is_not_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "barrier"
+    path.write_text("")
+    err = _error(parse_temp_dir, str(path))
+    assert f"got TEMP_DIR={str(path)!r}, which is not a directory. Example:" in str(err)
+
+
+def test_parse_temp_dir_unwritable_directory() -> None:
+    # /proc refuses new files even to root (chmod would not stop root).
+    err = _error(parse_temp_dir, "/proc")
+    assert str(err).startswith(
+        "TEMP_DIR must be an existing, writable directory, got TEMP_DIR='/proc', which is not writable ("
+    )
+    assert "Example: mkdir -p /tmp/dt" in str(err)
+
+
+# -- INIT_METHOD --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["env://", "file://", "file:///tmp/rendezvous", "tcp://127.0.0.1:29500", "tcp://localhost:1", "tcp://[::1]:29500"],
+)
+def test_parse_init_method_accepts(value: str) -> None:
+    assert parse_init_method(value) == value
+
+
+def test_parse_init_method_unknown_scheme_message() -> None:
+    err = _error(parse_init_method, "ftp://x")
+    assert str(err) == (
+        "INIT_METHOD must be file://, env:// or tcp://HOST:PORT, got INIT_METHOD='ftp://x'. "
+        "Example: INIT_METHOD=env:// python test_x.py"
+    )
+    assert (err.name, err.value) == ("INIT_METHOD", "ftp://x")
+
+
+@pytest.mark.parametrize("value", ["tcp://nohost", "tcp://:29500", "tcp://host:", "tcp://host:port", "", "/tmp/rdzv"])
+def test_parse_init_method_rejects(value: str) -> None:
+    err = _error(parse_init_method, value)
+    assert str(err).startswith(f"INIT_METHOD must be file://, env:// or tcp://HOST:PORT, got INIT_METHOD={value!r}.")
+
+
+# -- start method and timeout -------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [("fork", "fork"), ("spawn", "spawn"), (" Spawn ", "spawn")])
+def test_parse_start_method_accepts(value: str, expected: str) -> None:
+    assert parse_start_method(value) == expected
+
+
+def test_parse_start_method_message() -> None:
+    err = _error(parse_start_method, "forkserver")
+    assert str(err) == (
+        "DISTRIBUTED_TESTING_START_METHOD must be one of fork, spawn, got "
+        "DISTRIBUTED_TESTING_START_METHOD='forkserver'. "
+        "Example: DISTRIBUTED_TESTING_START_METHOD=spawn python test_x.py"
+    )
+    assert err.name == "DISTRIBUTED_TESTING_START_METHOD"
+
+
+@pytest.mark.parametrize("value", ["", "thread", "forks"])
+def test_parse_start_method_rejects(value: str) -> None:
+    assert str(_error(parse_start_method, value)).startswith("DISTRIBUTED_TESTING_START_METHOD must be one of fork, spawn")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("60", 60.0), ("0.5", 0.5), ("1e3", 1000.0), (10, 10.0), (2.5, 2.5)])
+def test_parse_timeout_accepts_positive_numbers(value: object, expected: float) -> None:
+    seconds = parse_timeout(value)
+    assert seconds == expected and isinstance(seconds, float)
+
+
+def test_parse_timeout_message() -> None:
+    err = _error(parse_timeout, "abc")
+    assert str(err) == (
+        "DISTRIBUTED_TESTING_TIMEOUT must be a number of seconds > 0, got "
+        "DISTRIBUTED_TESTING_TIMEOUT='abc'. Example: DISTRIBUTED_TESTING_TIMEOUT=60 python test_x.py"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "", "abc", "nan", "inf", "1e400", True, None, 0, -3.0])
+def test_parse_timeout_rejects(value: object) -> None:
+    err = _error(parse_timeout, value)
+    assert str(err).startswith(f"DISTRIBUTED_TESTING_TIMEOUT must be a number of seconds > 0, got DISTRIBUTED_TESTING_TIMEOUT={value!r}.")
+    assert err.value == value
+
+
+# -- load() -------------------------------------------------------------------
+
+
+def test_load_empty_environment_gives_defaults() -> None:
+    assert load({}) == DEFAULTS
+
+
+def test_load_empty_strings_count_as_unset() -> None:
+    assert load({name: "" for name in _ENV_VARS}) == DEFAULTS
+
+
+def test_load_parses_every_variable(tmp_path: Path) -> None:
+    environ = {
+        "BACKEND": "Gloo",
+        "WORLD_SIZE": "3",
+        "TEMP_DIR": str(tmp_path),
+        "INIT_METHOD": "env://",
+        "DISTRIBUTED_TESTING_START_METHOD": "spawn",
+        "DISTRIBUTED_TESTING_TIMEOUT": "7.5",
+        "DISTRIBUTED_TESTING_SHOW_OUTPUT": "1",
+    }
+    assert load(environ) == Settings(
+        backend="gloo",
+        backend_from_env=True,
+        world_size=3,
+        temp_dir=str(tmp_path),
+        init_method="env://",
+        start_method="spawn",
+        timeout=7.5,
+        show_output=True,
+    )
+
+
+def test_load_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "5")
+    assert load().world_size == 5
+
+
+def test_load_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load({}).world_size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORLD_SIZE", "two"),
+        ("BACKEND", "bogus"),
+        ("TEMP_DIR", "/nonexistent/dt-temp"),
+        ("INIT_METHOD", "ftp://x"),
+        ("DISTRIBUTED_TESTING_START_METHOD", "thread"),
+        ("DISTRIBUTED_TESTING_TIMEOUT", "-1"),
+    ],
+)
+def test_load_bad_value_names_the_variable(name: str, value: str) -> None:
+    err = _error(load, {name: value})
+    assert (err.name, err.value) == (name, value)
+    assert f"{name}={value!r}" in str(err)
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no"])
+def test_load_show_output_off_values(value: str) -> None:
+    assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output is False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_config.load compares DISTRIBUTED_TESTING_SHOW_OUTPUT case-sensitively against "
+    "('0', 'false', 'no'), so 'False' and 'NO' turn output on",
+)
+@pytest.mark.parametrize("value", ["False", "NO"])
+def test_load_show_output_off_values_are_case_insensitive(value: str) -> None:
+    assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output is False
+
+
+def test_load_strict_names_every_missing_variable() -> None:
+    err = _error(load, {}, True)
+    assert str(err) == (
+        "--strict-env: BACKEND, WORLD_SIZE, TEMP_DIR are not set; strict mode needs each of "
+        "BACKEND, WORLD_SIZE, TEMP_DIR. Example: mkdir -p /tmp/dt && TEMP_DIR=/tmp/dt "
+        "BACKEND=gloo WORLD_SIZE=2 python test_x.py --strict-env"
+    )
+    assert (err.name, err.value) == ("BACKEND", None)
+
+
+def test_load_strict_one_missing_variable(tmp_path: Path) -> None:
+    err = _error(load, {"BACKEND": "gloo", "TEMP_DIR": str(tmp_path)}, True)
+    assert str(err).startswith("--strict-env: WORLD_SIZE is not set; strict mode needs each of")
+    assert err.name == "WORLD_SIZE"
+
+
+def test_load_strict_empty_string_counts_as_missing(tmp_path: Path) -> None:
+    err = _error(load, {"BACKEND": "gloo", "WORLD_SIZE": "", "TEMP_DIR": str(tmp_path)}, True)
+    assert str(err).startswith("--strict-env: WORLD_SIZE is not set;")
+
+
+def test_load_strict_with_everything_set(tmp_path: Path) -> None:
+    settings = load({"BACKEND": "gloo", "WORLD_SIZE": "2", "TEMP_DIR": str(tmp_path)}, strict=True)
+    assert (settings.backend, settings.world_size, settings.temp_dir) == ("gloo", 2, str(tmp_path))
+
+
+def test_load_not_strict_missing_variables_are_fine() -> None:
+    assert load({"BACKEND": "gloo"}, strict=False).world_size is None
+
+
+# -- precedence ---------------------------------------------------------------
+
+
+def test_resolve_start_method_class_attribute_wins() -> None:
+    settings = load({"DISTRIBUTED_TESTING_START_METHOD": "fork"})
+    assert resolve_start_method("spawn", settings) == "spawn"
+
+
+def test_resolve_start_method_environment_beats_default() -> None:
+    assert resolve_start_method(None, load({"DISTRIBUTED_TESTING_START_METHOD": "spawn"})) == "spawn"
+
+
+def test_resolve_start_method_default_is_fork_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert resolve_start_method(None, DEFAULTS) == "fork"
+
+
+def test_resolve_start_method_default_is_spawn_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert resolve_start_method(None, DEFAULTS) == "spawn"
+
+
+def test_resolve_start_method_bad_class_attribute_names_the_attribute() -> None:
+    err = _error(resolve_start_method, "forkserver", DEFAULTS)
+    assert str(err).startswith("start_method must be one of fork, spawn, got start_method='forkserver'.")
+    assert err.name == "start_method"
+
+
+def test_resolve_timeout_class_attribute_wins() -> None:
+    assert resolve_timeout(10, load({"DISTRIBUTED_TESTING_TIMEOUT": "60"})) == 10.0
+
+
+def test_resolve_timeout_environment_beats_default() -> None:
+    assert resolve_timeout(None, load({"DISTRIBUTED_TESTING_TIMEOUT": "60"})) == 60.0
+
+
+def test_resolve_timeout_default_is_300_seconds() -> None:
+    assert resolve_timeout(None, DEFAULTS) == DEFAULT_TIMEOUT == 300.0
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "soon"])
+def test_resolve_timeout_bad_class_attribute_names_the_attribute(value: object) -> None:
+    err = _error(resolve_timeout, value, DEFAULTS)
+    assert str(err).startswith(f"timeout must be a number of seconds > 0, got timeout={value!r}.")
+    assert err.name == "timeout"
+
+
+# -- messages and ConfigError -------------------------------------------------
+
+
+def test_script_name_uses_the_running_test_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["/home/u/proj/test_ops.py", "-v"])
+    assert _config.script_name() == "test_ops.py"
+    assert str(_error(parse_world_size, "x")).endswith("Example: WORLD_SIZE=2 python test_ops.py")
+
+
+def test_script_name_falls_back_when_not_a_python_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest"])
+    assert _config.script_name() == "test_x.py"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="script_name() keeps '__main__.py' from 'python -m pytest' / 'python -m "
+    "distributed_testing', so examples say 'python __main__.py'",
+)
+def test_script_name_is_not_a_package_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/python3.11/site-packages/pytest/__main__.py"])
+    assert _config.script_name() != "__main__.py"
+
+
+def test_config_error_is_a_value_error_and_library_error() -> None:
+    err = _error(parse_world_size, "two")
+    assert isinstance(err, ValueError)
+    assert isinstance(err, DistributedTestingError)
+
+
+def test_config_error_pickle_round_trip_keeps_message_name_value() -> None:
+    err = _error(parse_world_size, "two")
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy) is ConfigError
+    assert (str(copy), copy.name, copy.value) == (str(err), "WORLD_SIZE", "two")
+
+
+def test_config_error_pickle_round_trip_of_strict_error() -> None:
+    err = _error(load, {}, True)
+    copy = pickle.loads(pickle.dumps(err))
+    assert (str(copy), copy.name, copy.value) == (str(err), "BACKEND", None)
