@@ -31,13 +31,13 @@ from distributed_testing._testcase import DistributedTestBase, MultiProcessTestC
 __version__ = "0.1.0"
 
 __all__ = [
+    "TEST_SKIPS",
     "ConfigError",
     "DistBackendTestCase",
     "DistributedTestBase",
     "DistributedTestingError",
     "MultiProcessTestCase",
     "RankFailure",
-    "TEST_SKIPS",
     "TestSkip",
     "requires_gloo",
     "requires_mpi",

@@ -9,6 +9,7 @@ names the variable, the value, what is allowed and an example command.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -18,18 +19,18 @@ from distributed_testing import _devices
 from distributed_testing._errors import ConfigError
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
+    "STRICT_VARIABLES",
     "Settings",
     "load",
     "parse_backend",
-    "parse_world_size",
-    "parse_temp_dir",
     "parse_init_method",
     "parse_start_method",
+    "parse_temp_dir",
     "parse_timeout",
+    "parse_world_size",
     "resolve_start_method",
     "resolve_timeout",
-    "STRICT_VARIABLES",
-    "DEFAULT_TIMEOUT",
 ]
 
 START_METHODS = ("fork", "spawn")
@@ -63,7 +64,7 @@ class Settings:
 def script_name() -> str:
     """The test file as the user ran it, for example commands in messages."""
     argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return argv0 if argv0.endswith(".py") else "test_x.py"
+    return argv0 if argv0.endswith(".py") and argv0 != "__main__.py" else "test_x.py"
 
 
 def _example(assignments: str) -> str:
@@ -105,8 +106,8 @@ def parse_world_size(value: object, name: str = "WORLD_SIZE") -> int:
         number = None
     elif isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().lstrip("+").isdigit():
-        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\+?[0-9]+", value.strip()):
+        number = int(value.strip())
     if number is None or number < 1:
         raise ConfigError(
             f"{name} must be an integer >= 1, got {name}={value!r}. "
@@ -234,8 +235,15 @@ def load(environ: Mapping[str, str] | None = None, strict: bool = False) -> Sett
         init_method=parse_init_method(init) if init is not None else "file://",
         start_method=parse_start_method(start) if start is not None else None,
         timeout=parse_timeout(timeout) if timeout is not None else None,
-        show_output=(_get(env, ENV_SHOW_OUTPUT) or "0") not in ("0", "false", "no"),
+        show_output=(_get(env, ENV_SHOW_OUTPUT) or "0").strip().lower() not in ("0", "false", "no"),
     )
+
+
+def current_backend(environ: Mapping[str, str] | None = None) -> str:
+    """Only the backend: what guards need, without validating everything else."""
+    env = os.environ if environ is None else environ
+    value = _get(env, "BACKEND")
+    return parse_backend(value) if value is not None else _devices.default_backend(2)
 
 
 def default_start_method() -> str:

@@ -41,10 +41,10 @@ def cuda_device_count() -> int:
 
 def cuda_initialized() -> bool:
     """Whether CUDA was initialised in this process (forking is then unsafe)."""
-    return bool(torch.cuda.is_initialized())
+    return bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_rocm() -> bool:
     """Whether this is a ROCm build of torch."""
     return getattr(torch.version, "hip", None) is not None
@@ -54,7 +54,7 @@ def nccl_version() -> tuple[int, ...] | None:
     """The NCCL version of this build, or None without NCCL or CUDA."""
     if not backend_available("nccl") or cuda_device_count() == 0:
         return None
-    version = torch.cuda.nccl.version()
+    version = torch.cuda.nccl.version()  # type: ignore[no-untyped-call]
     return tuple(version) if isinstance(version, tuple) else (int(version),)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DistributedTestingError", "ConfigError", "RankFailure"]
+__all__ = ["ConfigError", "DistributedTestingError", "RankFailure"]
 
 
 class DistributedTestingError(Exception):

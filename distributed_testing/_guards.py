@@ -26,20 +26,20 @@ Check = Callable[[Any], "str | None"]
 GUARDS_ATTR = "_dt_guards"
 
 __all__ = [
+    "guard_reason",
     "requires_gloo",
-    "requires_nccl",
     "requires_mpi",
-    "requires_ucc",
+    "requires_nccl",
     "requires_nccl_version",
+    "requires_ucc",
+    "requires_world_size",
     "skip_if_lt_x_gpu",
     "skip_if_no_gpu",
-    "skip_if_small_worldsize",
     "skip_if_odd_worldsize",
-    "requires_world_size",
-    "skip_if_win32",
     "skip_if_rocm_multiprocess",
+    "skip_if_small_worldsize",
+    "skip_if_win32",
     "with_dist_debug_levels",
-    "guard_reason",
 ]
 
 
@@ -106,7 +106,7 @@ def _world_size_of(case: Any) -> int:
 
 
 def _backend_of(case: Any) -> str:
-    return _config.load().backend
+    return _config.current_backend()
 
 
 def _no_gpu_reason(case: Any) -> str | None:
@@ -171,14 +171,13 @@ def with_dist_debug_levels(levels: Iterable[str]) -> Callable[[F], F]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             import torch.distributed as dist
-            from torch.distributed import distributed_c10d as c10d
 
             old = os.environ.get("TORCH_DISTRIBUTED_DEBUG")
             result = None
             try:
                 for level in chosen:
                     os.environ["TORCH_DISTRIBUTED_DEBUG"] = level
-                    c10d.set_debug_level_from_env()
+                    dist.set_debug_level_from_env()  # type: ignore[attr-defined]
                     result = func(*args, **kwargs)
                     if dist.is_initialized():
                         dist.barrier()
@@ -187,7 +186,7 @@ def with_dist_debug_levels(levels: Iterable[str]) -> Callable[[F], F]:
                     os.environ.pop("TORCH_DISTRIBUTED_DEBUG", None)
                 else:
                     os.environ["TORCH_DISTRIBUTED_DEBUG"] = old
-                c10d.set_debug_level_from_env()
+                dist.set_debug_level_from_env()  # type: ignore[attr-defined]
             return result
 
         return wrapper  # type: ignore[return-value]

@@ -5,14 +5,16 @@ Plain functions over plain data, testable without starting a process.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from distributed_testing._protocol import EXITED, FAILED, PASSED, SKIPPED, ErrorInfo, RankResult
 
-__all__ = ["RankView", "Outcome", "fold", "rank_failed", "signal_name", "rank_list", "summarize_stacks"]
+__all__ = ["Outcome", "RankView", "fold", "rank_failed", "rank_list", "signal_name", "summarize_stacks"]
 
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
 
@@ -210,7 +212,8 @@ def _timeout_report(
     views: Sequence[RankView], verdicts: list[_Verdict], test_id: str, timeout: float, rerun: str
 ) -> str:
     hung = [v.rank for v in verdicts if v.kind == "hung"]
-    lines = [f"{test_id} timed out after {timeout:g} s; {_ranks_word(hung)} still running"]
+    still = f"; {_ranks_word(hung)} still running" if hung else ""
+    lines = [f"{test_id} timed out after {timeout:g} s{still}"]
     for view in views:
         if view.rank in hung:
             lines.append(f"  rank {view.rank}: {summarize_stacks(view.stacks)}")
@@ -229,11 +232,30 @@ def _timeout_report(
 
 
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-_FRAMEWORK = ("/distributed_testing/", "/multiprocessing/", "/unittest/", "/expecttest/")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
+# Frames of these directories are the framework's, trimmed from reports.
+_FRAMEWORK = (
+    _PACKAGE_DIR,
+    os.path.join(_STDLIB, "multiprocessing") + os.sep,
+    os.path.join(_STDLIB, "unittest") + os.sep,
+    os.path.join(sysconfig.get_paths()["purelib"], "expecttest") + os.sep,
+)
+# Frames of these are libraries: a hung rank's summary names the user's frame.
+_LIBRARIES = (_STDLIB, sysconfig.get_paths()["purelib"] + os.sep, sysconfig.get_paths()["platlib"] + os.sep)
+
+
+def _frame_file(line: str) -> str:
+    match = _FRAME.match(line)
+    return match["file"] if match else ""
+
+
+def _is_framework(path: str) -> bool:
+    return bool(path) and path.startswith(_FRAMEWORK)
 
 
 def _is_library(path: str) -> bool:
-    return any(part in path for part in ("/site-packages/", "/lib/python3", *_FRAMEWORK))
+    return path.startswith((*_LIBRARIES, *_FRAMEWORK))
 
 
 def trim_stacks(text: str) -> str:
@@ -244,9 +266,9 @@ def trim_stacks(text: str) -> str:
     for line in text.splitlines():
         if line.startswith(("Thread ", "Current thread ")):
             in_parent = False
-        elif "/distributed_testing/_rank.py" in line and "rank_main" in line:
+        elif _frame_file(line) == os.path.join(_PACKAGE_DIR, "_rank.py") and line.endswith(" rank_main"):
             in_parent = True
-        if in_parent or any(p in line for p in _FRAMEWORK):
+        if in_parent or _is_framework(_frame_file(line)):
             continue
         kept.append(line)
     return "\n".join(kept).strip("\n")

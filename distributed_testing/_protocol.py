@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PASSED", "FAILED", "SKIPPED", "EXITED", "ErrorInfo", "RankResult", "RankContext"]
+__all__ = ["EXITED", "FAILED", "PASSED", "SKIPPED", "ErrorInfo", "RankContext", "RankResult"]
 
 # A rank's own verdict on the test it ran.
 PASSED = "passed"

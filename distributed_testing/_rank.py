@@ -54,7 +54,7 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     os.environ.update(ctx.extra_env)
     code = TEST_ERROR_EXIT_CODE
     try:
-        cls._run(rank, test_name, file_name, conn)
+        cls._run(rank, test_name, file_name, conn)  # type: ignore[attr-defined]
         code = _exit_code
     except BaseException as exc:  # the test case could not even be built
         if not _sent:
@@ -187,7 +187,7 @@ def format_error(
     import traceback
 
     if err is not None and collector is not None and test is not None:
-        text = collector._exc_info_to_string(err, test)  # unittest's own trimming
+        text = collector._exc_info_to_string(err, test)  # type: ignore[attr-defined]  # unittest's trimming
     else:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from distributed_testing import _config
 from distributed_testing._errors import ConfigError
 
-__all__ = ["run_tests", "main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NO_TESTS"]
+__all__ = ["EXIT_FAILED", "EXIT_NO_TESTS", "EXIT_OK", "EXIT_USAGE", "main", "run_tests"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 5
 STRICT_FLAG = "--strict-env"
@@ -112,14 +112,14 @@ class _Program(unittest.TestProgram):
     empty_reason = ""
 
     def runTests(self) -> None:  # noqa: N802
-        tests = list(_iter_tests(self.test))
-        given = list(self.testNames or [])
+        tests = list(_iter_tests(self.test))  # type: ignore[attr-defined]
+        given = list(self.testNames or [])  # type: ignore[attr-defined]
         self.usage_error = _check_names(tests, self.module, given) or _check_world_sizes(tests)
         if self.usage_error:
-            self.result = None
+            self.result = None  # type: ignore[assignment]
             return
         if not tests:
-            self.result = None
+            self.result = None  # type: ignore[assignment]
             self.empty_reason = _empty_reason(self.module, getattr(self, "testNamePatterns", None))
             return
         super().runTests()

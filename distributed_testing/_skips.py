@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["TestSkip", "TEST_SKIPS", "reason_for_exit_code", "skip_exit_code"]
+__all__ = ["TEST_SKIPS", "TestSkip", "reason_for_exit_code", "skip_exit_code"]
 
 
 class TestSkip(NamedTuple):

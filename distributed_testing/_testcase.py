@@ -28,7 +28,7 @@ from distributed_testing._protocol import RankContext
 
 __unittest = True
 
-__all__ = ["MultiProcessTestCase", "DistributedTestBase"]
+__all__ = ["DistributedTestBase", "MultiProcessTestCase"]
 
 DEFAULT_WORLD_SIZE = 4  # as PyTorch's MultiProcessTestCase
 _warned_fallback = False
@@ -141,7 +141,7 @@ class MultiProcessTestCase(expecttest.TestCase):
         if reason is not None:
             raise unittest.SkipTest(reason)
         method = _choose_start_method(_config.resolve_start_method(type(self).start_method, settings))
-        self._start_processes(multiprocessing.get_context(method).Process)
+        self._start_processes(multiprocessing.get_context(method).Process)  # type: ignore[attr-defined]
 
     def _start_processes(self, proc: Any) -> None:
         """Start ``world_size`` ranks with ``proc``, a multiprocessing Process class."""
@@ -155,6 +155,7 @@ class MultiProcessTestCase(expecttest.TestCase):
                 "setUp",
             )
         self.processes, self._dt_handles = [], []
+        rank_env = self._rank_env()  # once: every rank must agree (e.g. on MASTER_PORT)
         for rank in range(world_size):
             ctx = RankContext(
                 parent_pid=os.getpid(),
@@ -162,7 +163,7 @@ class MultiProcessTestCase(expecttest.TestCase):
                 stacks_path=os.path.join(self._dt_dir, f"rank{rank}.stacks"),
                 test_id=self.id(),
                 stack_signal=int(_launcher.STACK_SIGNAL),
-                extra_env=self._rank_env(),
+                extra_env=rank_env,
             )
             handle = _launcher.start_rank(
                 proc, _rank.rank_main, type(self), rank, self._current_test_name(), self.file_name, ctx
@@ -299,7 +300,7 @@ class DistributedTestBase(MultiProcessTestCase):
         import torch.distributed as dist
 
         size = self.world_size if world_size is None else world_size
-        store = dist.FileStore(self.file_name, size)
+        store = dist.FileStore(self.file_name, size)  # type: ignore[attr-defined]
         backend = self.backend(device)
         dist.init_process_group(backend=backend, world_size=size, rank=self.rank, store=store)
         if backend in ("nccl", "xccl"):

@@ -69,6 +69,7 @@ class Runner:
         env = {k: v for k, v in os.environ.items() if k not in _CONFIG_VARS}
         env["TMPDIR"] = str(self.scratch)
         env["PYTHONWARNINGS"] = "ignore"
+        env["DISTRIBUTED_TESTING_TIMEOUT"] = "60"  # a hang reports instead of eating the suite
         env.update(extra)
         return env
 

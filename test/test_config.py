@@ -95,11 +95,6 @@ def test_parse_world_size_error_uses_the_given_setting_name() -> None:
     assert err.name == "Case.world_size"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_world_size checks str.isdigit() then calls int(): '++3' and '²' pass the "
-    "check and int() raises a bare ValueError instead of ConfigError",
-)
 @pytest.mark.parametrize("value", ["++3", "\u00b2"])
 def test_parse_world_size_non_decimal_digits_give_config_error(value: str) -> None:
     err = _error(parse_world_size, value)
@@ -312,11 +307,6 @@ def test_load_show_output_off_values(value: str) -> None:
     assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_config.load compares DISTRIBUTED_TESTING_SHOW_OUTPUT case-sensitively against "
-    "('0', 'false', 'no'), so 'False' and 'NO' turn output on",
-)
 @pytest.mark.parametrize("value", ["False", "NO"])
 def test_load_show_output_off_values_are_case_insensitive(value: str) -> None:
     assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output is False
@@ -413,11 +403,6 @@ def test_script_name_falls_back_when_not_a_python_file(monkeypatch: pytest.Monke
     assert _config.script_name() == "test_x.py"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="script_name() keeps '__main__.py' from 'python -m pytest' / 'python -m "
-    "distributed_testing', so examples say 'python __main__.py'",
-)
 def test_script_name_is_not_a_package_main(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["/venv/lib/python3.11/site-packages/pytest/__main__.py"])
     assert _config.script_name() != "__main__.py"

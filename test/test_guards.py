@@ -333,13 +333,6 @@ def test_with_dist_debug_levels_restores_a_set_variable(monkeypatch: pytest.Monk
     assert os.environ["TORCH_DISTRIBUTED_DEBUG"] == "INFO"
 
 
-_DEBUG_LEVEL_BUG = (
-    "_guards.with_dist_debug_levels calls distributed_c10d.set_debug_level_from_env, which "
-    "does not exist (it is torch.distributed.set_debug_level_from_env): AttributeError"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_DEBUG_LEVEL_BUG)
 def test_with_dist_debug_levels_runs_once_per_level_then_restores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", "INFO")
     seen: list[str | None] = []
@@ -350,7 +343,6 @@ def test_with_dist_debug_levels_runs_once_per_level_then_restores(monkeypatch: p
     assert dist.get_debug_level() == dist.DebugLevel.INFO
 
 
-@pytest.mark.xfail(strict=True, reason=_DEBUG_LEVEL_BUG)
 def test_with_dist_debug_levels_lets_the_test_exception_through() -> None:
     def test_m() -> None:
         raise RuntimeError("boom")

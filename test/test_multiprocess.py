@@ -117,27 +117,39 @@ if __name__ == "__main__":
 """
 
 
-@pytest.fixture(scope="module", params=["fork", "spawn"])
-def cases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Runner, Path]:
-    tmp = tmp_path_factory.mktemp(f"cases-{request.param}")
+def _run_cases(tmp: Path, method: str, *names: str) -> tuple[Run, Runner, Path]:
     runner = Runner(tmp)
     markers = tmp / "markers"
     markers.mkdir()
     path = runner.write(CASES)
-    args = [str(path), "-v"]
-    if request.param == "spawn":  # spawn costs seconds per test: a representative subset
-        args += ["TestCases.test_sum", "TestCases.test_raise_one", "TestCases.test_segfault",
-                 "TestCases.test_rank_skip", "TestCases.test_parent_skip"]
-    run = runner.run(*args, DISTRIBUTED_TESTING_START_METHOD=request.param, MARKER_DIR=str(markers))
+    run = runner.run(str(path), "-v", *names, DISTRIBUTED_TESTING_START_METHOD=method, MARKER_DIR=str(markers))
     return run, runner, markers
 
 
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Runner, Path]:
+    """Every case, with the default fast start method."""
+    return _run_cases(tmp_path_factory.mktemp("cases-fork"), "fork")
+
+
+# spawn costs seconds per test: a representative subset must fold the same way.
+SPAWN_SUBSET = ["TestCases.test_sum", "TestCases.test_raise_one", "TestCases.test_segfault",
+                "TestCases.test_rank_skip", "TestCases.test_parent_skip"]
+
+
+def test_spawn_folds_outcomes_like_fork(cases, tmp_path):
+    run, runner, _ = _run_cases(tmp_path, "spawn", *SPAWN_SUBSET)
+    expected = {name: outcomes(cases[0].output)[name] for name in SPAWN_SUBSET}
+    assert outcomes(run.output) == expected, run.output
+    assert "rank 2 of 3 failed: ValueError: boom" in reports(run.output)["TestCases.test_raise_one"]
+    assert "rank 1 of 3 failed: died with SIGSEGV" in reports(run.output)["TestCases.test_segfault"]
+    assert "Re-run: BACKEND=gloo WORLD_SIZE=3 DISTRIBUTED_TESTING_START_METHOD=spawn python test_x.py" in run.output
+    assert runner.leftovers() == []
+    assert live_processes(str(runner.tmp_path)) == []
+
+
 def _outcome(cases: tuple[Run, Runner, Path], name: str) -> str:
-    run = cases[0]
-    found = outcomes(run.output)
-    if name not in found:
-        pytest.skip(f"{name} not in this start method's subset")
-    return found[name]
+    return outcomes(cases[0].output)[name]
 
 
 def _report(cases: tuple[Run, Runner, Path], name: str) -> str:
@@ -238,7 +250,7 @@ def test_a_skipped_class_starts_no_process(cases):
 
 
 def test_nothing_is_left_behind(cases):
-    run, runner, _ = cases
+    _, runner, _ = cases
     assert runner.leftovers() == []
     assert live_processes(str(runner.tmp_path)) == []
 

@@ -396,12 +396,6 @@ def test_fold_timed_out_appends_the_rerun_line() -> None:
     assert outcome.message.splitlines()[-1] == "Re-run: WORLD_SIZE=3 python test_x.py CoreCase.test_sum"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_outcomes._timeout_report always prints _ranks_word(hung); when every rank exited "
-    "between the deadline and stop_ranks, no rank is hung and the header reads "
-    "'timed out after 5 s; rank  still running'",
-)
 def test_fold_timed_out_with_no_rank_left_running_does_not_print_an_empty_rank_list() -> None:
     outcome = fold_ranks(passed(0), passed(1), timed_out=True, timeout=5.0)
     assert not re.search(r"rank\s+still running", first_line(outcome))
@@ -446,19 +440,10 @@ Current thread 0x00007f3a3c1b4740 (most recent call first):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_outcomes._FRAMEWORK matches '/distributed_testing/' anywhere in a path, so a "
-    "user checkout in a directory of that name loses its own frames",
-)
 def test_trim_stacks_keeps_user_frames_under_a_directory_named_like_the_package() -> None:
     assert 'File "/home/u/distributed_testing/test/test_x.py", line 41 in test_sum' in trim_stacks(USER_PROJECT_STACKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_outcomes._is_library treats any path containing '/distributed_testing/' as library code",
-)
 def test_summarize_stacks_finds_user_frames_under_a_directory_named_like_the_package() -> None:
     assert summarize_stacks(USER_PROJECT_STACKS) == "in test_sum at test_x.py:41"
 
