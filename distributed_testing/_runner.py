@@ -3,7 +3,7 @@
 Validates the environment before any test runs, fills the embedded defaults
 (and says so in one line), runs the module's tests with unittest's own
 argument handling, and turns the run into an exit code: 0 all passed,
-1 a test failed, 2 bad configuration or usage, 5 no tests ran.
+1 a test failed, 2 bad configuration or usage, 5 no tests ran, 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import unittest
@@ -20,9 +21,10 @@ from typing import Any, NoReturn
 from distributed_testing import _config
 from distributed_testing._errors import ConfigError
 
-__all__ = ["EXIT_FAILED", "EXIT_NO_TESTS", "EXIT_OK", "EXIT_USAGE", "main", "run_tests"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NO_TESTS", "EXIT_OK", "EXIT_USAGE", "main", "run_tests"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 5
+EXIT_INTERRUPTED = 130  # as a shell reports a run stopped by Ctrl-C
 STRICT_FLAG = "--strict-env"
 
 
@@ -40,16 +42,41 @@ def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module:
         settings = _config.load(strict=strict)
     except ConfigError as exc:
         return _usage_error(str(exc))
-    with _environment(settings) as note:
+    with _environment(settings) as note, _interruptible():
         if note:
             print(note, file=sys.stderr, flush=True)
-        program = _Program(module=module, argv=args, exit=False)
+        try:
+            program = _Program(module=module, argv=args, exit=False)
+        except KeyboardInterrupt:
+            from distributed_testing import _testcase
+
+            where = f" in {_testcase.running_test}" if _testcase.running_test else ""
+            print(f"{_config.script_name()}: interrupted{where}; every rank was stopped", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if program.usage_error:
         return _usage_error(program.usage_error)
     if program.result is None or program.result.testsRun == 0:
         print(f"{_config.script_name()}: no tests ran: {program.empty_reason}", file=sys.stderr)
         return EXIT_NO_TESTS
     return EXIT_OK if program.result.wasSuccessful() else EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so a stopped run still stops its ranks and cleans up."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _usage_error(message: str) -> int:

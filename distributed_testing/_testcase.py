@@ -32,6 +32,7 @@ __all__ = ["DistributedTestBase", "MultiProcessTestCase"]
 
 DEFAULT_WORLD_SIZE = 4  # as PyTorch's MultiProcessTestCase
 _warned_fallback = False
+running_test = ""  # the id of the test whose ranks the parent is waiting for
 
 
 class MultiProcessTestCase(expecttest.TestCase):
@@ -192,6 +193,8 @@ class MultiProcessTestCase(expecttest.TestCase):
             view = _view(handle, with_output=False)
             return _outcomes.rank_failed(view, expected, ignore)
 
+        global running_test
+        running_test = self.id()
         try:
             waited = _launcher.wait_for_ranks(self._dt_handles, timeout, is_failure)
             if waited.timed_out:
@@ -200,6 +203,15 @@ class MultiProcessTestCase(expecttest.TestCase):
             self._dt_waited = waited
             self._dt_timeout = timeout
             self._check_return_codes(fn, waited.elapsed)
+        except KeyboardInterrupt:
+            # unittest skips cleanups on Ctrl-C: leave nothing behind ourselves.
+            self._dt_cleanup()
+            raise  # running_test still names this test for the runner's message
+        except BaseException:
+            running_test = ""
+            raise
+        else:
+            running_test = ""
         finally:
             self._dt_stop()
 

@@ -6,6 +6,10 @@ asserts on the outcome and report of one case, as a user would read them.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -382,3 +386,68 @@ def test_the_same_file_under_pytest(runner):
     assert "SKIPPED" in run.output and "needs 2 CUDA devices, found 0" in run.output
     assert "only on tuesdays" in run.output
     assert live_processes(str(runner.tmp_path)) == []
+
+
+SLEEPER = """
+class TestSleep(MultiProcessTestCase):
+    world_size = 2
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    def test_sleep(self):
+        open(os.path.join(os.environ["MARKER_DIR"], f"started-{self.rank}"), "w").close()
+        time.sleep(600)
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def _start_sleeper(runner: Runner) -> tuple[subprocess.Popen[str], Path]:
+    markers = runner.tmp_path / "markers"
+    markers.mkdir()
+    path = runner.write(SLEEPER)
+    proc = subprocess.Popen(
+        [sys.executable, str(path)],
+        cwd=runner.tmp_path,
+        env=runner.env(MARKER_DIR=str(markers)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as an interactive shell does
+    )
+    for _ in range(600):  # until both ranks run the test (bounded: 60 s)
+        if len(list(markers.iterdir())) == 2:
+            break
+        time.sleep(0.1)
+    assert len(list(markers.iterdir())) == 2, proc.communicate(timeout=60)[0]
+    return proc, markers
+
+
+def _wait_gone(marker: str) -> list[str]:
+    for _ in range(100):  # ranks die with their parent; allow the kernel 10 s to reap
+        if not live_processes(marker):
+            break
+        time.sleep(0.1)
+    return live_processes(marker)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_run_and_leaves_nothing(runner, signum):
+    proc, _ = _start_sleeper(runner)
+    proc.send_signal(signum)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "test_x.py: interrupted in __main__.TestSleep.test_sleep; every rank was stopped" in output
+    assert "Traceback" not in output
+    assert _wait_gone(str(runner.tmp_path)) == []
+    assert runner.leftovers() == []
+
+
+def test_ranks_die_with_a_sigkilled_parent(runner):
+    proc, _ = _start_sleeper(runner)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _wait_gone(str(runner.tmp_path)) == []
