@@ -8,6 +8,7 @@ names the variable, the value, what is allowed and an example command.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -211,9 +212,27 @@ def strict_error(missing: list[str]) -> ConfigError:
     )
 
 
+_VARIABLES = ("BACKEND", "WORLD_SIZE", "TEMP_DIR", "INIT_METHOD", ENV_START_METHOD, ENV_TIMEOUT, ENV_SHOW_OUTPUT)
+
+
 def load(environ: Mapping[str, str] | None = None, strict: bool = False) -> Settings:
-    """Read and validate every variable; raise ConfigError on the first bad one."""
-    env = os.environ if environ is None else environ
+    """Read and validate every variable; raise ConfigError on the first bad one.
+
+    Reading ``os.environ`` is cached on the variables' values, so the checks
+    (a TEMP_DIR write probe among them) run once per distinct environment.
+    """
+    if environ is None:
+        return _load_cached(tuple(os.environ.get(name) for name in _VARIABLES), strict)
+    return _load(environ, strict)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(values: tuple[str | None, ...], strict: bool) -> Settings:
+    env = {name: value for name, value in zip(_VARIABLES, values, strict=True) if value is not None}
+    return _load(env, strict)
+
+
+def _load(env: Mapping[str, str], strict: bool) -> Settings:
     if strict and missing_strict(env):
         raise strict_error(missing_strict(env))
     world = _get(env, "WORLD_SIZE")

@@ -51,6 +51,7 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     _redirect_output(ctx.output_path)
     _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked rank may inherit the runner's handler
     os.environ.update(ctx.extra_env)
     code = TEST_ERROR_EXIT_CODE
     try:
