@@ -182,6 +182,26 @@ def _read_text(path: str) -> str:
         return ""
 
 
+# What the fork server imports before it forks anything: ranks start warm.
+_PRELOAD = ["torch", "torch.distributed", "distributed_testing._rank", "distributed_testing._testcase"]
+
+
+def process_class(method: str, module: str) -> Any:
+    """The Process class for a start method.
+
+    ``fork`` forks each rank from a fork server: a fresh interpreter that has
+    imported torch and the test ``module`` and has run nothing else. Forking
+    the test process itself would copy whatever it did before (CUDA, an
+    OpenMP thread pool whose threads a child does not get: a hang).
+    """
+    if method != "fork":
+        return multiprocessing.get_context(method).Process  # type: ignore[attr-defined]
+    context = multiprocessing.get_context("forkserver")
+    # Takes effect when the server starts, at the first rank of the run.
+    context.set_forkserver_preload([*_PRELOAD, module])
+    return context.Process  # type: ignore[attr-defined]
+
+
 def start_rank(
     proc: Callable[..., Any],
     target: Callable[..., None],

@@ -41,7 +41,6 @@ class RankResult:
 class RankContext:
     """What the parent tells a rank about where to leave its traces."""
 
-    parent_pid: int
     output_path: str
     stacks_path: str
     test_id: str

@@ -47,7 +47,8 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     """
     global _context
     _context = ctx
-    _die_with_parent(ctx.parent_pid)
+    _release_fork_server()
+    _die_with_parent()
     _redirect_output(ctx.output_path)
     _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
@@ -70,8 +71,28 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
 
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this rank when its parent dies, even by SIGKILL."""
+def _release_fork_server() -> None:
+    """Close the fork server's keep-alive pipe, which multiprocessing hands to
+    every child it forks: while a rank held it, a SIGKILLed test process would
+    leave the server (and so its ranks) running forever."""
+    server = sys.modules.get("multiprocessing.forkserver")
+    state = getattr(server, "_forkserver", None)
+    fd = getattr(state, "_forkserver_alive_fd", None)
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        state._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this rank when its parent dies, even by SIGKILL.
+
+    The parent is the test process (spawn) or the fork server, which exits as
+    soon as the test process is gone.
+    """
+    parent_pid = os.getppid()
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)

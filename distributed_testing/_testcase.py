@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import multiprocessing
 import os
 import shutil
 import sys
@@ -142,7 +141,7 @@ class MultiProcessTestCase(expecttest.TestCase):
         if reason is not None:
             raise unittest.SkipTest(reason)
         method = _choose_start_method(_config.resolve_start_method(type(self).start_method, settings))
-        self._start_processes(multiprocessing.get_context(method).Process)  # type: ignore[attr-defined]
+        self._start_processes(_launcher.process_class(method, type(self).__module__))
 
     def _start_processes(self, proc: Any) -> None:
         """Start ``world_size`` ranks with ``proc``, a multiprocessing Process class."""
@@ -159,7 +158,6 @@ class MultiProcessTestCase(expecttest.TestCase):
         rank_env = self._rank_env()  # once: every rank must agree (e.g. on MASTER_PORT)
         for rank in range(world_size):
             ctx = RankContext(
-                parent_pid=os.getpid(),
                 output_path=os.path.join(self._dt_dir, f"rank{rank}.out"),
                 stacks_path=os.path.join(self._dt_dir, f"rank{rank}.stacks"),
                 test_id=self.id(),
@@ -368,7 +366,8 @@ def _same_test(entry: Any, fn: Any) -> bool:
 
 
 def _choose_start_method(method: str) -> str:
-    """fork unless CUDA is initialised here (forked CUDA is unsafe): then spawn, said once."""
+    """fork unless CUDA is initialised here: then, most likely, importing the test
+    module initialised it, and the fork server would hold it too. Spawn, said once."""
     global _warned_fallback
     if method != "fork" or not _devices.cuda_initialized():
         return method

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,11 @@ def reports(output: str) -> dict[str, str]:
 
 
 def live_processes(marker: str) -> list[str]:
-    """Processes whose command line mentions ``marker`` (a test's unique path)."""
+    """Processes whose command line or environment mentions ``marker``.
+
+    ``marker`` is a test's unique temp path: every process a run starts (the
+    test process, the fork server, the ranks) inherits TMPDIR from the Runner.
+    """
     alive = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -135,8 +140,23 @@ def live_processes(marker: str) -> list[str]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().decode(errors="replace")
         except OSError:
             continue
-        if marker in cmdline:
+        if marker in cmdline or marker in environ:
             alive.append(f"{entry}: {cmdline}")
     return alive
+
+
+def wait_gone(marker: str) -> list[str]:
+    """The processes of a finished run still alive after a grace period.
+
+    Helpers (the fork server, multiprocessing's resource tracker) exit when
+    they see the run's pipes close, a moment after the run itself.
+    """
+    for _ in range(100):  # at most 10 s
+        if not live_processes(marker):
+            break
+        time.sleep(0.1)
+    return live_processes(marker)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Run, Runner, live_processes, outcomes, reports
+from conftest import Run, Runner, outcomes, reports, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +149,7 @@ def test_spawn_folds_outcomes_like_fork(cases, tmp_path):
     assert "rank 1 of 3 failed: died with SIGSEGV" in reports(run.output)["TestCases.test_segfault"]
     assert "Re-run: BACKEND=gloo WORLD_SIZE=3 DISTRIBUTED_TESTING_START_METHOD=spawn python test_x.py" in run.output
     assert runner.leftovers() == []
-    assert live_processes(str(runner.tmp_path)) == []
+    assert wait_gone(str(runner.tmp_path)) == []
 
 
 def _outcome(cases: tuple[Run, Runner, Path], name: str) -> str:
@@ -256,7 +256,7 @@ def test_a_skipped_class_starts_no_process(cases):
 def test_nothing_is_left_behind(cases):
     _, runner, _ = cases
     assert runner.leftovers() == []
-    assert live_processes(str(runner.tmp_path)) == []
+    assert wait_gone(str(runner.tmp_path)) == []
 
 
 HANG = """
@@ -293,7 +293,7 @@ def test_a_hang_reports_where_every_rank_was(runner):
     assert "--- rank 1 stacks (most recent call first) ---" in report
     assert "_rank.py" not in report  # framework frames trimmed
     assert runner.leftovers() == []
-    assert live_processes(str(runner.tmp_path)) == []
+    assert wait_gone(str(runner.tmp_path)) == []
 
 
 COMPAT = """
@@ -385,7 +385,7 @@ def test_the_same_file_under_pytest(runner):
     assert "Re-run: BACKEND=gloo WORLD_SIZE=3 pytest test_x.py::TestCases::test_raise_one" in run.output
     assert "SKIPPED" in run.output and "needs 2 CUDA devices, found 0" in run.output
     assert "only on tuesdays" in run.output
-    assert live_processes(str(runner.tmp_path)) == []
+    assert wait_gone(str(runner.tmp_path)) == []
 
 
 SLEEPER = """
@@ -426,13 +426,6 @@ def _start_sleeper(runner: Runner) -> tuple[subprocess.Popen[str], Path]:
     return proc, markers
 
 
-def _wait_gone(marker: str) -> list[str]:
-    for _ in range(100):  # ranks die with their parent; allow the kernel 10 s to reap
-        if not live_processes(marker):
-            break
-        time.sleep(0.1)
-    return live_processes(marker)
-
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_stops_the_run_and_leaves_nothing(runner, signum):
@@ -442,7 +435,7 @@ def test_ctrl_c_or_sigterm_stops_the_run_and_leaves_nothing(runner, signum):
     assert proc.returncode == 130, output
     assert "test_x.py: interrupted in __main__.TestSleep.test_sleep; every rank was stopped" in output
     assert "Traceback" not in output
-    assert _wait_gone(str(runner.tmp_path)) == []
+    assert wait_gone(str(runner.tmp_path)) == []
     assert runner.leftovers() == []
 
 
@@ -450,4 +443,4 @@ def test_ranks_die_with_a_sigkilled_parent(runner):
     proc, _ = _start_sleeper(runner)
     proc.kill()
     proc.communicate(timeout=60)
-    assert _wait_gone(str(runner.tmp_path)) == []
+    assert wait_gone(str(runner.tmp_path)) == []

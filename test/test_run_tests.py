@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Runner, live_processes, outcomes
+from conftest import Runner, outcomes, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_defaults_are_named_in_one_line_and_used(runner: Runner):
         "TEMP_DIR=<private, removed at exit>, WORLD_SIZE=<each class's own>"
     ]
     assert runner.leftovers() == []
-    assert live_processes(str(runner.tmp_path)) == []
+    assert wait_gone(str(runner.tmp_path)) == []
 
 
 def test_world_size_and_env_init_method_reach_the_ranks(runner: Runner):
