@@ -32,6 +32,8 @@ class DistBackendTestCase(MultiProcessTestCase):
     rank), ``INIT_METHOD`` to a ``file://`` rendezvous private to the test.
     """
 
+    _dt_spawns_in_setup = True
+
     @property
     def world_size(self) -> int:
         required = getattr(self._dt_method(), "_required_world_size", None)

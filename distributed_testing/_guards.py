@@ -85,10 +85,14 @@ def requires_nccl_version(version: tuple[int, ...], msg: str) -> Callable[[F], F
     )
 
 
-def skip_if_lt_x_gpu(x: int) -> Callable[[F], F]:
-    """Skip unless there are at least ``x`` CUDA devices."""
+def skip_if_lt_x_gpu(x: int, *, allow_cpu: bool = False) -> Callable[[F], F]:
+    """Skip unless there are at least ``x`` CUDA devices.
+
+    ``allow_cpu=True`` runs the test on a machine with no GPU at all, as PyTorch's.
+    """
     found = _devices.cuda_device_count()
-    return unittest.skipIf(found < x, f"needs {x} CUDA device{'s' * (x != 1)}, found {found}")
+    skip = found < x and not (allow_cpu and found == 0)
+    return unittest.skipIf(skip, f"needs {x} CUDA device{'s' * (x != 1)}, found {found}")
 
 
 def skip_if_win32() -> Callable[[F], F]:

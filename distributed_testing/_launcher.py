@@ -89,8 +89,11 @@ def wait_for_ranks(
         waitables += [r.conn for r in live if r.result is None and not r.conn.closed]
         multiprocessing.connection.wait(waitables, timeout=stop_at - now)
         for handle in ranks:
+            # Exit first, then the pipe: a rank that exited has written all it
+            # will, so reading after seeing the exit never misses its result.
+            exited = handle.exitcode is not None
             handle.receive()
-            if handle.finished_at is None and (handle.result is not None or handle.exitcode is not None):
+            if handle.finished_at is None and (handle.result is not None or exited):
                 handle.finished_at = time.monotonic()
             if first_failure is None and handle.finished_at is not None and is_failure(handle):
                 first_failure = handle.rank

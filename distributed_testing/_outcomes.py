@@ -78,8 +78,14 @@ def _ranks_word(ranks: Sequence[int]) -> str:
     return f"rank{'s' * (len(ranks) > 1)} {rank_list(ranks)}"
 
 
+SUMMARY_LIMIT = 200  # characters of an exception message in a one-line summary
+
+
 def _error_summary(error: ErrorInfo) -> str:
-    text = f"{error.exc_type}: {error.message}" if error.message else error.exc_type
+    message = error.message
+    if len(message) > SUMMARY_LIMIT:
+        message = message[:SUMMARY_LIMIT] + " [...]"
+    text = f"{error.exc_type}: {message}" if message else error.exc_type
     return f"{text} (in {error.where})" if error.where else text
 
 
@@ -149,6 +155,11 @@ def fold(
         kind = FAIL if all(v.assertion for v in bad) else ERROR
         report = _failure_report(views, verdicts, world_size, first_failure, rerun)
         return Outcome(kind, report, tuple(v.rank for v in bad))
+    stopped = [v.rank for v in verdicts if v.kind == "stopped"]
+    if stopped:  # the parent stopped ranks, yet no rank failed: never call that a pass
+        verb = "were" if len(stopped) > 1 else "was"
+        message = f"{_ranks_word(stopped)} {verb} stopped, but no rank reported a failure"
+        return Outcome(ERROR, message + (f"\n\nRe-run: {rerun}" if rerun else ""), tuple(stopped))
     skips = [v for v in verdicts if v.kind == "skip"]
     if skips:
         return Outcome(SKIP, _skip_reason(skips))
@@ -183,7 +194,7 @@ def _failure_report(
         ranks = [v.rank for v in group]
         same = "same " if len(ranks) > 1 else ""
         lines.append(f"{_ranks_word(ranks)} of {world_size} failed: {same}{group[0].summary}")
-    if len(bad) > 1 and first_failure is not None:
+    if len(groups) > 1 and first_failure is not None:
         lines.append(f"rank {first_failure} failed first; the other failures may be consequences")
     stopped = [v.rank for v in verdicts if v.kind == "stopped"]
     if stopped:

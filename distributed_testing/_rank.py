@@ -34,9 +34,9 @@ SEED = 1234  # the seed every rank starts a test with, as PyTorch's runner uses
 TEST_ERROR_EXIT_CODE = 10  # PyTorch's code for "the test raised"
 _PR_SET_PDEATHSIG = 1
 
-_context: RankContext | None = None
 _sent = False
 _exit_code = 0  # set with the result: the code this rank's process leaves with
+_case_built: object = None  # the test case, once run_in_rank has it
 
 
 def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, ctx: RankContext) -> None:
@@ -45,8 +45,6 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     ``os._exit`` keeps a forked rank from running the parent's unittest or
     pytest machinery and atexit handlers.
     """
-    global _context
-    _context = ctx
     _release_fork_server()
     _die_with_parent()
     _redirect_output(ctx.output_path)
@@ -54,20 +52,50 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked rank may inherit the runner's handler
     os.environ.update(ctx.extra_env)
-    code = TEST_ERROR_EXIT_CODE
     try:
         cls._run(rank, test_name, file_name, conn)  # type: ignore[attr-defined]
-        code = _exit_code
-    except BaseException as exc:  # the test case could not even be built
-        if not _sent:
-            info = format_error(exc, "building the test case", None)
-            send_result(conn, RankResult(rank, os.getpid(), FAILED, (info,), exit_code=code))
-    finally:
-        _flush()
-    if not _sent:  # a custom _run that never called run_test
-        send_result(conn, RankResult(rank, os.getpid(), PASSED))
-        _flush()
-    os._exit(code)
+    except SystemExit as exc:  # PyTorch-style _run overrides end with sys.exit
+        send_result(conn, _exit_result(rank, exc))
+    except BaseException as exc:
+        where = "building the test case" if _case_built is None else "the rank, outside the test"
+        info = format_error(exc, where, None)
+        send_result(conn, RankResult(rank, os.getpid(), FAILED, (info,), exit_code=TEST_ERROR_EXIT_CODE))
+    send_result(conn, RankResult(rank, os.getpid(), PASSED))  # a custom _run that never called run_test
+    _stop_children()
+    _flush()
+    os._exit(_exit_code)
+
+
+def _exit_result(rank: int, exc: SystemExit) -> RankResult:
+    """What ``sys.exit(code)`` outside the test method means, as PyTorch reads exit codes."""
+    code = exc.code
+    pid = os.getpid()
+    if code is None or code == 0:
+        return RankResult(rank, pid, PASSED)
+    if isinstance(code, int):
+        reason = reason_for_exit_code(code)
+        if reason is not None:
+            return RankResult(rank, pid, SKIPPED, reason=reason, exit_code=code)
+        return RankResult(rank, pid, EXITED, exit_code=code)
+    info = ErrorInfo("SystemExit", str(code), f"SystemExit: {code}", False, "the rank, outside the test")
+    return RankResult(rank, pid, FAILED, (info,), exit_code=1)
+
+
+def _stop_children() -> None:
+    """Stop processes the test started with multiprocessing and left running.
+
+    ``os._exit`` skips multiprocessing's own exit hook, and a child left alive
+    would outlive the test.
+    """
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(1.0)
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 
@@ -190,7 +218,11 @@ class _Collector(unittest.TestResult):
         code = exc.code
         if code is None or code == 0:
             return
-        number = code if isinstance(code, int) else 1
+        if not isinstance(code, int):
+            info = ErrorInfo("SystemExit", str(code), f"SystemExit: {code}", False, self.phase)
+            self.error_infos.append(info)
+            return
+        number = code
         reason = reason_for_exit_code(number)
         if reason is not None:
             self.skip_reason = reason
@@ -235,6 +267,8 @@ def run_in_rank(
     ``tear_down`` in their place, with unittest's handling of skips, subtests,
     expected failures and cleanups.
     """
+    global _case_built
+    _case_built = case
     seed_all()
     collector = _Collector()
     case.setUp = _phase(collector, "setUp", set_up)  # type: ignore[method-assign]

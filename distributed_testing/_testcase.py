@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import expecttest
 
 from distributed_testing import _config, _devices, _launcher, _outcomes, _rank
+from distributed_testing._assertions import assert_tensors_equal, involves_tensor
 from distributed_testing._errors import ConfigError, RankFailure
 from distributed_testing._guards import guard_reason
 from distributed_testing._protocol import RankContext
@@ -48,6 +49,9 @@ class MultiProcessTestCase(expecttest.TestCase):
     TEST_ERROR_EXIT_CODE = _rank.TEST_ERROR_EXIT_CODE
     start_method: ClassVar[str | None] = None
     timeout: ClassVar[float | None] = None
+    # Classes whose setUp spawns: if a mixin's setUp broke the super() chain,
+    # spawn when the test runs instead of failing.
+    _dt_spawns_in_setup: ClassVar[bool] = False
 
     def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
         if methodName != "runTest":
@@ -82,6 +86,38 @@ class MultiProcessTestCase(expecttest.TestCase):
     @property
     def is_master(self) -> bool:
         return self.rank == 0
+
+    # -- assertions -----------------------------------------------------------
+
+    def assertEqual(  # noqa: N802
+        self,
+        first: Any,
+        second: Any,
+        msg: Any = None,
+        *,
+        atol: float | None = None,
+        rtol: float | None = None,
+        exact_dtype: bool = True,
+        exact_device: bool = False,
+    ) -> None:
+        """unittest's assertEqual, with ``torch.testing.assert_close`` for tensors."""
+        if involves_tensor(first) or involves_tensor(second) or atol is not None or rtol is not None:
+            assert_tensors_equal(
+                first, second, atol=atol, rtol=rtol, exact_dtype=exact_dtype, exact_device=exact_device, msg=msg
+            )
+        else:
+            super().assertEqual(first, second, msg)
+
+    def assertNotEqual(self, first: Any, second: Any, msg: Any = None, **kwargs: Any) -> None:  # noqa: N802
+        """The negation of :meth:`assertEqual`, tensors included."""
+        if not (involves_tensor(first) or involves_tensor(second) or kwargs):
+            super().assertNotEqual(first, second, msg)
+            return
+        try:
+            self.assertEqual(first, second, **kwargs)
+        except AssertionError:
+            return
+        raise self.failureException(msg or f"{first!r} == {second!r}")
 
     def _current_test_name(self) -> str:
         return self.id().split(".")[-1]
@@ -155,7 +191,10 @@ class MultiProcessTestCase(expecttest.TestCase):
                 "setUp",
             )
         self.processes, self._dt_handles = [], []
-        rank_env = self._rank_env()  # once: every rank must agree (e.g. on MASTER_PORT)
+        # Once for all ranks: they must agree (e.g. on MASTER_PORT). WORLD_SIZE and
+        # BACKEND are exported because PyTorch-style decorators read them.
+        settings = _config.load()
+        rank_env = {"WORLD_SIZE": str(world_size), "BACKEND": settings.backend, **self._rank_env()}
         for rank in range(world_size):
             ctx = RankContext(
                 output_path=os.path.join(self._dt_dir, f"rank{rank}.out"),
@@ -178,6 +217,10 @@ class MultiProcessTestCase(expecttest.TestCase):
     def _join_processes(self, fn: Any) -> None:
         """Wait for every rank, then fold their results into this test's outcome."""
         __tracebackhide__ = True
+        if not self._dt_handles and type(self)._dt_spawns_in_setup:
+            if self._dt_dir is None:
+                MultiProcessTestCase.setUp(self)
+            self._spawn_processes()
         if not self._dt_handles:
             raise ConfigError(
                 f"{self.id()} started no rank processes: call self._spawn_processes() in "
@@ -289,6 +332,8 @@ class MultiProcessTestCase(expecttest.TestCase):
 
 class DistributedTestBase(MultiProcessTestCase):
     """PyTorch's DistributedTestBase: spawns in setUp, makes a group per device."""
+
+    _dt_spawns_in_setup = True
 
     def setUp(self) -> None:
         super().setUp()

@@ -444,3 +444,96 @@ def test_ranks_die_with_a_sigkilled_parent(runner):
     proc.kill()
     proc.communicate(timeout=60)
     assert wait_gone(str(runner.tmp_path)) == []
+
+
+COMPAT_EXITS = """
+import multiprocessing
+
+class TestRunExits(MultiProcessTestCase):
+    world_size = 2
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    @classmethod
+    def _run(cls, rank, test_name, file_name, pipe, **kwargs):
+        # TestDistBackend's shape: skip by exit code before the test, exit 0 after.
+        if test_name == "test_skipped_by_run":
+            sys.exit(TEST_SKIPS["no_cuda"].exit_code)
+        self = cls(test_name)
+        self.rank = rank
+        self.file_name = file_name
+        self.run_test(test_name, pipe)
+        sys.exit(0)
+
+    def test_passes_then_exits_0(self):
+        self.assertEqual(torch.ones(3) * self.rank, torch.full((3,), float(self.rank)))
+
+    def test_fails_then_exits_0(self):
+        self.assertEqual(torch.ones(2), torch.zeros(2))
+
+    def test_skipped_by_run(self):
+        pass
+
+    def test_world_size_and_backend_are_exported(self):
+        self.assertEqual(os.environ["WORLD_SIZE"], "2")
+        self.assertEqual(os.environ["BACKEND"], "gloo")
+
+    def test_message_exit(self):
+        sys.exit("fatal: config missing")
+
+    def test_leaves_a_child_running(self):
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,), daemon=True)
+        child.start()
+        with open(os.path.join(os.environ["MARKER_DIR"], f"child-{self.rank}"), "w") as handle:
+            handle.write(str(child.pid))
+
+
+class BrokenMixin:
+    def setUp(self):  # forgets super().setUp(), as some mixins do
+        self.mixin_ready = True
+
+
+class TestAutoSpawn(BrokenMixin, DistributedTestBase):
+    world_size = 2
+
+    def test_create_pg(self):
+        pg = self.create_pg("cpu")
+        t = torch.tensor([1.0])
+        dist.all_reduce(t, group=pg)
+        self.assertEqual(t, torch.tensor([2.0]))
+        self.assertEqual(self.rank_to_device("cpu"), {0: [0], 1: [0]})
+
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_pytorch_style_run_exits_and_environment(runner):
+    markers = runner.tmp_path / "markers"
+    markers.mkdir()
+    run = runner.run(str(runner.write(COMPAT_EXITS)), "-v", MARKER_DIR=str(markers))
+    found = outcomes(run.output)
+    assert found == {
+        "TestRunExits.test_passes_then_exits_0": "ok",
+        "TestRunExits.test_fails_then_exits_0": "FAIL",
+        "TestRunExits.test_skipped_by_run": "skipped 'CUDA is not available.'",
+        "TestRunExits.test_world_size_and_backend_are_exported": "ok",
+        "TestRunExits.test_message_exit": "ERROR",
+        "TestRunExits.test_leaves_a_child_running": "ok",
+        "TestAutoSpawn.test_create_pg": "ok",
+    }, run.output
+    found_reports = reports(run.output)
+    assert "ranks 0-1 of 2 failed: same AssertionError: Tensor-likes are not close!" in found_reports[
+        "TestRunExits.test_fails_then_exits_0"
+    ]
+    assert "ranks 0-1 of 2 failed: same SystemExit: fatal: config missing" in found_reports[
+        "TestRunExits.test_message_exit"
+    ]
+    children = [int(p.read_text()) for p in markers.iterdir()]
+    assert len(children) == 2
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+    assert wait_gone(str(runner.tmp_path)) == []
+    assert runner.leftovers() == []

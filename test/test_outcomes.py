@@ -491,3 +491,27 @@ def test_rank_failure_pickle_round_trip_keeps_its_fields() -> None:
     copy = pickle.loads(pickle.dumps(err))
     assert type(copy) is RankFailure
     assert (str(copy), copy.ranks, copy.test_id, copy.timed_out) == (str(err), (1,), TEST_ID, False)
+
+
+def test_stopped_ranks_with_no_failure_are_never_a_pass():
+    # A rank the parent stopped although nobody failed (a race it must not hide).
+    stopped = RankView(1, pid_of(1), None, -15, stopped="SIGTERM")
+    outcome = fold([passed(0), stopped], test_id=TEST_ID, world_size=2, rerun="python test_x.py T.t")
+    assert outcome.kind == ERROR
+    assert outcome.message.splitlines()[0] == "rank 1 was stopped, but no rank reported a failure"
+    assert outcome.message.endswith("Re-run: python test_x.py T.t")
+
+
+def test_first_failure_is_named_only_when_ranks_failed_differently():
+    same = fold([failed(0), failed(1)], test_id=TEST_ID, world_size=2, first_failure=1)
+    assert "failed first" not in same.message
+    different = fold(
+        [failed(0, error(message="a")), failed(1, error(message="b"))], test_id=TEST_ID, world_size=2, first_failure=1
+    )
+    assert "rank 1 failed first; the other failures may be consequences" in different.message
+
+
+def test_a_huge_message_is_cut_in_the_summary_line():
+    outcome = fold([failed(0, error(message="x" * 5000))], test_id=TEST_ID, world_size=1)
+    first = outcome.message.splitlines()[0]
+    assert first == "rank 0 of 1 failed: ValueError: " + "x" * 200 + " [...]"
