@@ -8,6 +8,7 @@ results fold into one outcome that says which rank failed and why.
 from __future__ import annotations
 
 from distributed_testing._backend_case import DistBackendTestCase
+from distributed_testing._continuous import MultiProcContinuousTest
 from distributed_testing._errors import ConfigError, DistributedTestingError, RankFailure
 from distributed_testing._guards import (
     requires_gloo,
@@ -27,6 +28,7 @@ from distributed_testing._guards import (
 from distributed_testing._runner import run_tests
 from distributed_testing._skips import TEST_SKIPS, TestSkip
 from distributed_testing._testcase import DistributedTestBase, MultiProcessTestCase
+from distributed_testing._world_sizes import world_sizes
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,7 @@ __all__ = [
     "DistBackendTestCase",
     "DistributedTestBase",
     "DistributedTestingError",
+    "MultiProcContinuousTest",
     "MultiProcessTestCase",
     "RankFailure",
     "TestSkip",
@@ -53,4 +56,5 @@ __all__ = [
     "skip_if_small_worldsize",
     "skip_if_win32",
     "with_dist_debug_levels",
+    "world_sizes",
 ]

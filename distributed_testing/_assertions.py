@@ -6,6 +6,7 @@ against plain numbers; suites moving over rely on that.
 
 from __future__ import annotations
 
+import unittest
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 __unittest = True
 
-__all__ = ["assert_tensors_equal", "involves_tensor"]
+__all__ = ["TensorAssertions", "assert_tensors_equal", "involves_tensor"]
 
 
 def involves_tensor(value: Any) -> bool:
@@ -66,3 +67,37 @@ def assert_tensors_equal(
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{msg}" if msg else str(exc)) from None
+
+
+class TensorAssertions(unittest.TestCase):
+    """assertEqual and assertNotEqual that understand tensors, for the base classes."""
+
+    def assertEqual(  # noqa: N802
+        self,
+        first: Any,
+        second: Any,
+        msg: Any = None,
+        *,
+        atol: float | None = None,
+        rtol: float | None = None,
+        exact_dtype: bool = True,
+        exact_device: bool = False,
+    ) -> None:
+        """unittest's assertEqual, with ``torch.testing.assert_close`` for tensors."""
+        if involves_tensor(first) or involves_tensor(second) or atol is not None or rtol is not None:
+            assert_tensors_equal(
+                first, second, atol=atol, rtol=rtol, exact_dtype=exact_dtype, exact_device=exact_device, msg=msg
+            )
+        else:
+            super().assertEqual(first, second, msg)
+
+    def assertNotEqual(self, first: Any, second: Any, msg: Any = None, **kwargs: Any) -> None:  # noqa: N802
+        """The negation of :meth:`assertEqual`, tensors included."""
+        if not (involves_tensor(first) or involves_tensor(second) or kwargs):
+            super().assertNotEqual(first, second, msg)
+            return
+        try:
+            self.assertEqual(first, second, **kwargs)
+        except AssertionError:
+            return
+        raise self.failureException(msg or f"{first!r} == {second!r}")

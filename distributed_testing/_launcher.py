@@ -40,23 +40,29 @@ class RankHandle:
     finished_at: float | None = None
     stopped: str = ""  # how the parent stopped it: "", "SIGTERM", "SIGKILL"
     stacks: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    messages: list[Any] = field(default_factory=list)  # anything but the result
 
     @property
     def exitcode(self) -> int | None:
         return self.process.exitcode  # type: ignore[no-any-return]
 
     def receive(self) -> None:
-        """Take the rank's result from its pipe if one is waiting."""
-        if self.result is not None or self.conn.closed:
-            return
+        """Take every message waiting in the rank's pipe: its result, or others."""
         try:
-            if self.conn.poll():
+            while not self.conn.closed and self.conn.poll():
                 message = self.conn.recv()
-                if isinstance(message, RankResult):
+                if isinstance(message, RankResult) and self.result is None:
                     self.result = message
+                else:
+                    self.messages.append(message)
         except (EOFError, OSError):
             self.conn.close()
+
+    def done(self, until_exit: bool) -> bool:
+        """Whether waiting for this rank is over: it exited (or, for a pool, reported)."""
+        if self.exitcode is not None:
+            return True
+        return not until_exit and self.result is not None
 
 
 @dataclass
@@ -72,14 +78,18 @@ def wait_for_ranks(
     ranks: list[RankHandle],
     timeout: float,
     is_failure: Callable[[RankHandle], bool],
+    until_exit: bool = True,
 ) -> WaitOutcome:
-    """Wait until every rank exits, one fails (plus a grace period), or the deadline."""
+    """Wait until every rank is done, one fails (plus a grace period), or the deadline.
+
+    Done means exited (``until_exit``, one-shot ranks) or reported (pool ranks).
+    """
     start = time.monotonic()
     deadline = start + timeout
     stop_at = deadline
     first_failure: int | None = None
     while True:
-        live = [r for r in ranks if r.exitcode is None]
+        live = [r for r in ranks if not r.done(until_exit)]
         if not live:
             break
         now = time.monotonic()
@@ -101,7 +111,7 @@ def wait_for_ranks(
     for handle in ranks:
         handle.receive()
     elapsed = time.monotonic() - start
-    timed_out = first_failure is None and any(r.exitcode is None for r in ranks)
+    timed_out = first_failure is None and not all(r.done(until_exit) for r in ranks)
     return WaitOutcome(timed_out, elapsed, first_failure)
 
 
@@ -109,7 +119,7 @@ def collect_stacks(ranks: list[RankHandle]) -> None:
     """Ask every live rank to dump its stacks (a faulthandler signal) and read them."""
     asked = []
     for handle in ranks:
-        if handle.exitcode is None and handle.process.pid is not None:
+        if handle.exitcode is None and handle.result is None and handle.process.pid is not None:
             try:
                 os.kill(handle.process.pid, STACK_SIGNAL)
                 asked.append(handle)
@@ -127,6 +137,11 @@ def collect_stacks(ranks: list[RankHandle]) -> None:
             previous = size
             handle.process.join(0.05)
         handle.stacks = _read_text(handle.stacks_path)
+
+
+def file_size(path: str) -> int:
+    """The size of ``path`` in bytes, 0 if it does not exist."""
+    return _size(path)
 
 
 def _size(path: str) -> int:
@@ -168,19 +183,20 @@ def _signal(handle: RankHandle, signum: int) -> None:
         pass
 
 
-def read_output(path: str, limit: int = OUTPUT_LIMIT) -> str:
-    """A rank's captured output, keeping the last ``limit`` characters."""
-    text = _read_text(path)
+def read_output(path: str, limit: int = OUTPUT_LIMIT, offset: int = 0) -> str:
+    """A rank's captured output from byte ``offset``, keeping the last ``limit`` characters."""
+    text = _read_text(path, offset)
     if len(text) <= limit:
         return text
     cut = len(text) - limit
     return f"[... {cut} earlier characters of output not shown]\n" + text[cut:]
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, offset: int = 0) -> str:
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
 
@@ -208,16 +224,16 @@ def process_class(method: str, module: str) -> Any:
 def start_rank(
     proc: Callable[..., Any],
     target: Callable[..., None],
-    cls: type,
+    args: tuple[Any, ...],
     rank: int,
-    test_name: str,
-    file_name: str,
     ctx: RankContext,
 ) -> RankHandle:
-    """Start one rank with ``proc`` (a Process class); the parent keeps only its pipe end."""
+    """Start one rank as ``target(*args, conn, ctx)`` with ``proc`` (a Process class).
+
+    The parent keeps only its end of the pipe.
+    """
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
-    args = (cls, rank, test_name, file_name, child_conn, ctx)
-    process = proc(target=target, name=f"rank {rank}", args=args)
+    process = proc(target=target, name=f"rank {rank}", args=(*args, child_conn, ctx))
     process.start()
     child_conn.close()
     return RankHandle(rank, process, parent_conn, ctx.output_path, ctx.stacks_path)

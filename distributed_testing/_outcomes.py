@@ -188,7 +188,8 @@ def _failure_report(
     rerun: str,
 ) -> str:
     bad = [v for v in verdicts if v.kind == "fail"]
-    groups = _groups(bad)
+    # The rank that failed first leads: the others may only be consequences.
+    groups = sorted(_groups(bad), key=lambda g: all(v.rank != first_failure for v in g))
     lines = []
     for group in groups:
         ranks = [v.rank for v in group]
@@ -252,6 +253,9 @@ _FRAMEWORK = (
     os.path.join(_STDLIB, "unittest") + os.sep,
     os.path.join(sysconfig.get_paths()["purelib"], "expecttest") + os.sep,
 )
+# A rank's entry points: older frames belong to the process it was forked from.
+_ENTRY_FILES = (os.path.join(_PACKAGE_DIR, "_rank.py"), os.path.join(_PACKAGE_DIR, "_pool_worker.py"))
+_ENTRY_FUNCTIONS = (" rank_main", " pool_main")
 # Frames of these are libraries: a hung rank's summary names the user's frame.
 _LIBRARIES = (_STDLIB, sysconfig.get_paths()["purelib"] + os.sep, sysconfig.get_paths()["platlib"] + os.sep)
 
@@ -277,7 +281,7 @@ def trim_stacks(text: str) -> str:
     for line in text.splitlines():
         if line.startswith(("Thread ", "Current thread ")):
             in_parent = False
-        elif _frame_file(line) == os.path.join(_PACKAGE_DIR, "_rank.py") and line.endswith(" rank_main"):
+        elif _frame_file(line) in _ENTRY_FILES and line.endswith(_ENTRY_FUNCTIONS):
             in_parent = True
         if in_parent or _is_framework(_frame_file(line)):
             continue

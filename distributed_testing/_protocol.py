@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EXITED", "FAILED", "PASSED", "SKIPPED", "ErrorInfo", "RankContext", "RankResult"]
+__all__ = ["EXITED", "FAILED", "PASSED", "SKIPPED", "ErrorInfo", "PoolReady", "RankContext", "RankResult"]
 
 # A rank's own verdict on the test it ran.
 PASSED = "passed"
@@ -35,6 +35,17 @@ class RankResult:
     reason: str = ""  # the skip reason
     exit_code: int = 0  # the code this rank's process exits with
     duration: float = 0.0
+    healthy: bool = True  # a pool rank: still fit for the next test (default group intact)
+
+
+@dataclass(frozen=True)
+class PoolReady:
+    """A pool rank's first message: its process group is up, or why not."""
+
+    rank: int
+    pid: int
+    skip_reason: str | None = None
+    error: ErrorInfo | None = None
 
 
 @dataclass(frozen=True)

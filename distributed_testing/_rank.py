@@ -37,6 +37,7 @@ _PR_SET_PDEATHSIG = 1
 _sent = False
 _exit_code = 0  # set with the result: the code this rank's process leaves with
 _case_built: object = None  # the test case, once run_in_rank has it
+in_rank = False  # whether this process is a rank (set before any test code runs)
 
 
 def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, ctx: RankContext) -> None:
@@ -45,13 +46,7 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     ``os._exit`` keeps a forked rank from running the parent's unittest or
     pytest machinery and atexit handlers.
     """
-    _release_fork_server()
-    _die_with_parent()
-    _redirect_output(ctx.output_path)
-    _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked rank may inherit the runner's handler
-    os.environ.update(ctx.extra_env)
+    prepare_process(ctx)
     try:
         cls._run(rank, test_name, file_name, conn)  # type: ignore[attr-defined]
     except SystemExit as exc:  # PyTorch-style _run overrides end with sys.exit
@@ -62,8 +57,21 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
         send_result(conn, RankResult(rank, os.getpid(), FAILED, (info,), exit_code=TEST_ERROR_EXIT_CODE))
     send_result(conn, RankResult(rank, os.getpid(), PASSED))  # a custom _run that never called run_test
     _stop_children()
-    _flush()
+    flush()
     os._exit(_exit_code)
+
+
+def prepare_process(ctx: RankContext) -> None:
+    """Make this process a rank: tied to its parent, output captured, stacks on demand."""
+    global in_rank
+    in_rank = True
+    _release_fork_server()
+    _die_with_parent()
+    _redirect_output(ctx.output_path)
+    _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked rank may inherit the runner's handler
+    os.environ.update(ctx.extra_env)
 
 
 def _exit_result(rank: int, exc: SystemExit) -> RankResult:
@@ -149,7 +157,8 @@ def _register_stack_dump(path: str, signum: int) -> None:
     faulthandler.register(signum, file=stacks, all_threads=True, chain=False)
 
 
-def _flush() -> None:
+def flush() -> None:
+    """Flush the rank's Python streams into its captured output."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

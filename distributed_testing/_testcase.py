@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 import expecttest
 
 from distributed_testing import _config, _devices, _launcher, _outcomes, _rank
-from distributed_testing._assertions import assert_tensors_equal, involves_tensor
+from distributed_testing._assertions import TensorAssertions
 from distributed_testing._errors import ConfigError, RankFailure
 from distributed_testing._guards import guard_reason
 from distributed_testing._protocol import RankContext
+from distributed_testing._world_sizes import expand_world_sizes
 
 __unittest = True
 
@@ -35,7 +36,7 @@ _warned_fallback = False
 running_test = ""  # the id of the test whose ranks the parent is waiting for
 
 
-class MultiProcessTestCase(expecttest.TestCase):
+class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
     """Runs each ``test_*`` method in ``world_size`` rank processes.
 
     ``setUp`` must call ``self._spawn_processes()``; the method then runs in
@@ -53,11 +54,15 @@ class MultiProcessTestCase(expecttest.TestCase):
     # spawn when the test runs instead of failing.
     _dt_spawns_in_setup: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        expand_world_sizes(cls)
+
     def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
         if methodName != "runTest":
             method_name = methodName
         if method_name != "runTest" and not hasattr(type(self), method_name):
-            raise ConfigError(_no_such_test(type(self), method_name), "test name", method_name)
+            raise ConfigError(no_such_test(type(self), method_name), "test name", method_name)
         super().__init__(method_name)
         self.rank = self.MAIN_PROCESS_RANK
         self.file_name = ""
@@ -86,38 +91,6 @@ class MultiProcessTestCase(expecttest.TestCase):
     @property
     def is_master(self) -> bool:
         return self.rank == 0
-
-    # -- assertions -----------------------------------------------------------
-
-    def assertEqual(  # noqa: N802
-        self,
-        first: Any,
-        second: Any,
-        msg: Any = None,
-        *,
-        atol: float | None = None,
-        rtol: float | None = None,
-        exact_dtype: bool = True,
-        exact_device: bool = False,
-    ) -> None:
-        """unittest's assertEqual, with ``torch.testing.assert_close`` for tensors."""
-        if involves_tensor(first) or involves_tensor(second) or atol is not None or rtol is not None:
-            assert_tensors_equal(
-                first, second, atol=atol, rtol=rtol, exact_dtype=exact_dtype, exact_device=exact_device, msg=msg
-            )
-        else:
-            super().assertEqual(first, second, msg)
-
-    def assertNotEqual(self, first: Any, second: Any, msg: Any = None, **kwargs: Any) -> None:  # noqa: N802
-        """The negation of :meth:`assertEqual`, tensors included."""
-        if not (involves_tensor(first) or involves_tensor(second) or kwargs):
-            super().assertNotEqual(first, second, msg)
-            return
-        try:
-            self.assertEqual(first, second, **kwargs)
-        except AssertionError:
-            return
-        raise self.failureException(msg or f"{first!r} == {second!r}")
 
     def _current_test_name(self) -> str:
         return self.id().split(".")[-1]
@@ -176,7 +149,7 @@ class MultiProcessTestCase(expecttest.TestCase):
         reason = guard_reason(self, self._dt_method())
         if reason is not None:
             raise unittest.SkipTest(reason)
-        method = _choose_start_method(_config.resolve_start_method(type(self).start_method, settings))
+        method = choose_start_method(_config.resolve_start_method(type(self).start_method, settings))
         self._start_processes(_launcher.process_class(method, type(self).__module__))
 
     def _start_processes(self, proc: Any) -> None:
@@ -203,9 +176,8 @@ class MultiProcessTestCase(expecttest.TestCase):
                 stack_signal=int(_launcher.STACK_SIGNAL),
                 extra_env=rank_env,
             )
-            handle = _launcher.start_rank(
-                proc, _rank.rank_main, type(self), rank, self._current_test_name(), self.file_name, ctx
-            )
+            args = (type(self), rank, self._current_test_name(), self.file_name)
+            handle = _launcher.start_rank(proc, _rank.rank_main, args, rank, ctx)
             self._dt_handles.append(handle)
             self.processes.append(handle.process)
             self.pid_to_pipe[handle.process.pid] = handle.conn
@@ -231,8 +203,7 @@ class MultiProcessTestCase(expecttest.TestCase):
         expected, ignore = self._dt_code_rules(fn)
 
         def is_failure(handle: _launcher.RankHandle) -> bool:
-            view = _view(handle, with_output=False)
-            return _outcomes.rank_failed(view, expected, ignore)
+            return _outcomes.rank_failed(view(handle, with_output=False), expected, ignore)
 
         global running_test
         running_test = self.id()
@@ -271,7 +242,7 @@ class MultiProcessTestCase(expecttest.TestCase):
         settings = _config.load()
         waited = self._dt_waited
         expected, ignore = self._dt_code_rules(fn)
-        views = [_view(h, with_output=True) for h in self._dt_handles]
+        views = [view(h, with_output=True) for h in self._dt_handles]
         outcome = _outcomes.fold(
             views,
             test_id=self.id(),
@@ -281,30 +252,11 @@ class MultiProcessTestCase(expecttest.TestCase):
             first_failure=waited.first_failure,
             expected_code=expected,
             ignore_codes=ignore,
-            rerun=self._dt_rerun_command(settings, len(views)),
+            rerun=rerun_command(self, settings, len(views)),
         )
         if settings.show_output:
             _print_outputs(views)
-        if outcome.kind == _outcomes.SKIP:
-            raise unittest.SkipTest(outcome.message)
-        if outcome.kind == _outcomes.FAIL:
-            raise self.failureException(outcome.message)
-        if outcome.kind == _outcomes.ERROR:
-            raise RankFailure(outcome.message, outcome.failed_ranks, self.id(), waited.timed_out)
-
-    def _dt_rerun_command(self, settings: _config.Settings, world_size: int) -> str:
-        env = f"BACKEND={settings.backend} WORLD_SIZE={world_size}"
-        if settings.start_method:
-            env += f" {_config.ENV_START_METHOD}={settings.start_method}"
-        try:
-            path = inspect.getsourcefile(type(self)) or ""
-            path = os.path.relpath(path)
-        except (TypeError, ValueError):
-            path = _config.script_name()
-        klass, method = type(self).__name__, self._testMethodName
-        if _config.running_under_pytest():
-            return f"{env} pytest {path}::{klass}::{method}"
-        return f"{env} python {path} {klass}.{method}"
+        raise_outcome(self, outcome, waited.timed_out)
 
     # -- the rank side --------------------------------------------------------
 
@@ -381,7 +333,33 @@ def _destroy_default_group() -> None:
             pass
 
 
-def _view(handle: _launcher.RankHandle, with_output: bool) -> _outcomes.RankView:
+def raise_outcome(case: unittest.TestCase, outcome: _outcomes.Outcome, timed_out: bool) -> None:
+    """Turn a folded outcome into what unittest expects: return, skip, fail or error."""
+    __tracebackhide__ = True
+    if outcome.kind == _outcomes.SKIP:
+        raise unittest.SkipTest(outcome.message)
+    if outcome.kind == _outcomes.FAIL:
+        raise case.failureException(outcome.message)
+    if outcome.kind == _outcomes.ERROR:
+        raise RankFailure(outcome.message, outcome.failed_ranks, case.id(), timed_out)
+
+
+def rerun_command(case: unittest.TestCase, settings: _config.Settings, world_size: int) -> str:
+    """The one line that re-runs just this test with its environment."""
+    env = f"BACKEND={settings.backend} WORLD_SIZE={world_size}"
+    if settings.start_method:
+        env += f" {_config.ENV_START_METHOD}={settings.start_method}"
+    try:
+        path = os.path.relpath(inspect.getsourcefile(type(case)) or "")
+    except (TypeError, ValueError):
+        path = _config.script_name()
+    klass, method = type(case).__name__, case._testMethodName
+    if _config.running_under_pytest():
+        return f"{env} pytest {path}::{klass}::{method}"
+    return f"{env} python {path} {klass}.{method}"
+
+
+def view(handle: _launcher.RankHandle, with_output: bool, offset: int = 0) -> _outcomes.RankView:
     return _outcomes.RankView(
         rank=handle.rank,
         pid=handle.process.pid,
@@ -390,7 +368,7 @@ def _view(handle: _launcher.RankHandle, with_output: bool) -> _outcomes.RankView
         stopped=handle.stopped,
         finished_at=handle.finished_at,
         stacks=handle.stacks,
-        output=_launcher.read_output(handle.output_path) if with_output else "",
+        output=_launcher.read_output(handle.output_path, offset=offset) if with_output else "",
     )
 
 
@@ -410,7 +388,7 @@ def _same_test(entry: Any, fn: Any) -> bool:
     return other is target or getattr(other, "__name__", None) == getattr(target, "__name__", "")
 
 
-def _choose_start_method(method: str) -> str:
+def choose_start_method(method: str) -> str:
     """fork unless CUDA is initialised here: then, most likely, importing the test
     module initialised it, and the fork server would hold it too. Spawn, said once."""
     global _warned_fallback
@@ -427,7 +405,7 @@ def _choose_start_method(method: str) -> str:
     return "spawn"
 
 
-def _no_such_test(cls: type, name: str) -> str:
+def no_such_test(cls: type, name: str) -> str:
     tests = sorted(n for n in dir(cls) if n.startswith("test"))
     listed = ", ".join(tests) if tests else "no test methods"
     return f"{cls.__name__} has no test method {name!r}; it has: {listed}"

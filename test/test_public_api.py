@@ -16,6 +16,7 @@ PUBLIC_NAMES = [
     "DistBackendTestCase",
     "DistributedTestBase",
     "DistributedTestingError",
+    "MultiProcContinuousTest",
     "MultiProcessTestCase",
     "RankFailure",
     "TEST_SKIPS",
@@ -34,6 +35,7 @@ PUBLIC_NAMES = [
     "skip_if_small_worldsize",
     "skip_if_win32",
     "with_dist_debug_levels",
+    "world_sizes",
 ]
 
 # Submodules users may import by name (DESIGN.md plans ``torch_compat``); every

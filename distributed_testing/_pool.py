@@ -1,0 +1,187 @@
+"""The parent side of the warm pool: ranks and their process group that outlive tests.
+
+A pool is started lazily, once per class and world size, and dispatches each
+test by name to every rank. A pool whose ranks died, hung, or may be out of
+step (some failed a test while others passed) is closed; the next test builds
+a new one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing.connection
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from distributed_testing import _launcher, _pool_worker
+from distributed_testing._errors import RankFailure
+from distributed_testing._launcher import RankHandle, WaitOutcome
+from distributed_testing._outcomes import RankView, rank_list
+from distributed_testing._protocol import FAILED, PoolReady, RankContext
+
+__unittest = True
+
+__all__ = ["RankPool", "close_pools", "get_pool"]
+
+STOP_GRACE = 2.0  # seconds a stopped pool's ranks may take to leave on their own
+
+
+class RankPool:
+    """``world_size`` ranks of one test class, each in the class's process group."""
+
+    def __init__(self, cls: type, world_size: int, method: str, timeout: float, env: dict[str, str]) -> None:
+        self.cls = cls
+        self.world_size = world_size
+        self.healthy = True
+        self.skip_reason: str | None = None
+        self.dir = tempfile.mkdtemp(prefix=f"dt-pool-{cls.__name__}-")
+        file_name = os.path.join(self.dir, "rendezvous")
+        proc = _launcher.process_class(method, cls.__module__)
+        self.handles: list[RankHandle] = []
+        for rank in range(world_size):
+            ctx = RankContext(
+                output_path=os.path.join(self.dir, f"rank{rank}.out"),
+                stacks_path=os.path.join(self.dir, f"rank{rank}.stacks"),
+                test_id=f"{cls.__qualname__} pool",
+                stack_signal=int(_launcher.STACK_SIGNAL),
+                extra_env=env,
+            )
+            args = (cls, rank, world_size, file_name)
+            self.handles.append(_launcher.start_rank(proc, _pool_worker.pool_main, args, rank, ctx))
+        self._await_ready(timeout)
+
+    @property
+    def pids(self) -> list[int]:
+        return [h.process.pid for h in self.handles]
+
+    def _await_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.handles)
+        while pending and time.monotonic() < deadline:
+            waitables = [h.conn for h in pending] + [h.process.sentinel for h in pending]
+            multiprocessing.connection.wait(waitables, timeout=deadline - time.monotonic())
+            for handle in pending:
+                handle.receive()
+            pending = [h for h in pending if not _ready_of(h) and h.exitcode is None]
+        problems = self._start_problems(timeout)
+        if problems:
+            self.close()
+            raise RankFailure(
+                f"the {self.cls.__name__} pool of {self.world_size} ranks did not start:\n" + "\n".join(problems)
+            )
+        reasons = {r.skip_reason for r in map(_ready_of, self.handles) if r is not None and r.skip_reason}
+        self.skip_reason = "; ".join(sorted(reasons)) if reasons else None
+
+    def _start_problems(self, timeout: float) -> list[str]:
+        problems = []
+        for handle in self.handles:
+            ready = _ready_of(handle)
+            if ready is not None and ready.error is not None:
+                error = ready.error
+                problems.append(f"rank {handle.rank}: {error.exc_type}: {error.message}\n{error.traceback}")
+            elif ready is None and handle.exitcode is not None:
+                problems.append(f"rank {handle.rank} exited with code {handle.exitcode} while starting")
+            elif ready is None:
+                problems.append(f"rank {handle.rank} was not ready after {timeout:g} s")
+        return problems
+
+    def run(
+        self, test_name: str, timeout: float, is_failure: Callable[[RankHandle], bool]
+    ) -> tuple[list[RankView], WaitOutcome]:
+        """Run one test on every rank; return each rank's view and how waiting ended."""
+        from distributed_testing._testcase import view
+
+        offsets = [_launcher.file_size(h.output_path) for h in self.handles]
+        for handle in self.handles:
+            handle.result, handle.finished_at, handle.stacks = None, None, ""
+            handle.conn.send(test_name)
+        waited = _launcher.wait_for_ranks(self.handles, timeout, is_failure, until_exit=False)
+        if waited.timed_out:
+            _launcher.collect_stacks(self.handles)
+        self.healthy = self._fit_for_more()
+        if not self.healthy:
+            _launcher.stop_ranks([h for h in self.handles if h.result is None])
+        views = [view(h, with_output=True, offset=o) for h, o in zip(self.handles, offsets, strict=True)]
+        return views, waited
+
+    def _fit_for_more(self) -> bool:
+        """Whether every rank answered, is alive, and the ranks stayed in step."""
+        results = [h.result for h in self.handles]
+        if any(r is None for r in results) or any(h.exitcode is not None for h in self.handles):
+            return False
+        failed = {r.status == FAILED for r in results if r is not None}
+        return len(failed) == 1 and all(r.healthy for r in results if r is not None)
+
+    def close(self) -> None:
+        """Ask the ranks to leave, stop those that do not, and remove the pool's files."""
+        for handle in self.handles:
+            if handle.exitcode is None:
+                try:
+                    handle.conn.send(_pool_worker.STOP)
+                except (OSError, ValueError):
+                    pass
+        deadline = time.monotonic() + STOP_GRACE
+        for handle in self.handles:
+            handle.process.join(max(0.0, deadline - time.monotonic()))
+        _launcher.stop_ranks(self.handles)
+        _launcher.close(self.handles)
+        self.handles = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def describe(self) -> str:
+        return f"{self.cls.__name__} pool (ranks {rank_list(range(self.world_size))}, pids {self.pids})"
+
+
+def _ready_of(handle: RankHandle) -> PoolReady | None:
+    return next((m for m in handle.messages if isinstance(m, PoolReady)), None)
+
+
+_pools: dict[tuple[type, int], RankPool | RankFailure] = {}
+
+
+def get_pool(cls: type, world_size: int, start: Callable[[], RankPool]) -> RankPool:
+    """The live pool of ``cls`` at ``world_size``; started by ``start`` if there is none.
+
+    A pool that failed to start is remembered: later tests fail at once with
+    the same report instead of paying for another failed start.
+    """
+    key = (cls, world_size)
+    pool = _pools.get(key)
+    if isinstance(pool, RankFailure):
+        raise pool
+    if pool is not None and pool.healthy:
+        return pool
+    if pool is not None:
+        pool.close()
+    try:
+        pool = start()
+    except RankFailure as failure:
+        _pools[key] = failure
+        raise
+    _pools[key] = pool
+    return pool
+
+
+def discard(cls: type, world_size: int) -> None:
+    """Close and forget the pool of ``cls`` at ``world_size``."""
+    pool = _pools.pop((cls, world_size), None)
+    if isinstance(pool, RankPool):
+        pool.close()
+
+
+def close_pools(cls: type | None = None) -> None:
+    """Close the pools of ``cls`` (all pools when None)."""
+    for key in [k for k in _pools if cls is None or k[0] is cls]:
+        discard(*key)
+
+
+atexit.register(close_pools)
+
+
+def pool_of(cls: type, world_size: int) -> Any:
+    """The pool registered for ``cls`` at ``world_size``, if any (for tests and tools)."""
+    return _pools.get((cls, world_size))

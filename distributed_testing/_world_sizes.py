@@ -1,0 +1,105 @@
+"""World-size parametrization: one test per world size, named ``<test>_world_size_<n>``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from distributed_testing._config import parse_world_size
+from distributed_testing._errors import ConfigError
+
+__all__ = ["declared_world_size", "expand_world_sizes", "required_world_size", "world_sizes"]
+
+T = TypeVar("T")
+SIZES_ATTR = "_dt_world_sizes"
+REQUIRED_ATTR = "_required_world_size"  # PyTorch's attribute name for a test's world size
+
+
+def world_sizes(*sizes: int) -> Callable[[T], T]:
+    """Run a test method, or every test of a class, once per world size.
+
+    ``@world_sizes(2, 4)`` on ``test_sum`` makes ``test_sum_world_size_2`` and
+    ``test_sum_world_size_4``; inside, ``self.world_size`` is that size.
+    """
+    if not sizes:
+        raise ConfigError("world_sizes() needs at least one size. Example: @world_sizes(2, 4)", "world_sizes", ())
+    checked = tuple(parse_world_size(size, "world_sizes(...)") for size in sizes)
+
+    def decorate(target: T) -> T:
+        if isinstance(target, type):
+            for name in [n for n in dir(target) if n.startswith("test") and callable(getattr(target, n))]:
+                _expand(target, name, getattr(target, name), checked)
+            return target
+        setattr(target, SIZES_ATTR, checked)
+        return target
+
+    return decorate
+
+
+def expand_world_sizes(cls: type) -> None:
+    """Expand the methods of ``cls`` marked by ``world_sizes`` (called at class creation)."""
+    for name, member in list(vars(cls).items()):
+        sizes = getattr(member, SIZES_ATTR, None)
+        if sizes and callable(member):
+            _expand(cls, name, member, sizes)
+    declared = cls.__dict__.get("world_size")
+    if declared is not None and not isinstance(declared, _RequiredFirst):
+        cls.world_size = _RequiredFirst(declared)  # type: ignore[attr-defined]
+
+
+def _expand(cls: type, name: str, method: Callable[..., Any], sizes: tuple[int, ...]) -> None:
+    if name in cls.__dict__:
+        delattr(cls, name)
+    if hasattr(cls, name):  # inherited: hide it from the loader
+        setattr(cls, name, None)
+    for size in sizes:
+        setattr(cls, f"{name}_world_size_{size}", _at_size(method, size))
+
+
+def _at_size(method: Callable[..., Any], size: int) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def sized(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    if hasattr(sized, SIZES_ATTR):
+        delattr(sized, SIZES_ATTR)
+    setattr(sized, REQUIRED_ATTR, size)
+    sized.__name__ = f"{method.__name__}_world_size_{size}"
+    return sized
+
+
+def required_world_size(case: Any) -> int | None:
+    """The world size the running test method asks for, if any."""
+    method = getattr(type(case), getattr(case, "_testMethodName", ""), None)
+    return getattr(method, REQUIRED_ATTR, None)
+
+
+def declared_world_size(cls: type, default: Any) -> Any:
+    """What ``cls`` itself declares as ``world_size`` (a value or a property), unwrapped."""
+    import inspect
+
+    declared = inspect.getattr_static(cls, "world_size", default)
+    return declared.declared if isinstance(declared, _RequiredFirst) else declared
+
+
+class _RequiredFirst:
+    """A class's own ``world_size``, overridden by the test method's required size."""
+
+    def __init__(self, declared: Any) -> None:
+        self.declared = declared
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is not None:
+            if "world_size" in obj.__dict__:
+                return obj.__dict__["world_size"]
+            required = required_world_size(obj)
+            if required is not None:
+                return required
+        getter = getattr(self.declared, "__get__", None)
+        if getter is not None:
+            return getter(obj, owner) if obj is not None or not isinstance(self.declared, property) else self
+        return self.declared
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__["world_size"] = value
