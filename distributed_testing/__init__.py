@@ -8,6 +8,7 @@ results fold into one outcome that says which rank failed and why.
 from __future__ import annotations
 
 from distributed_testing._backend_case import DistBackendTestCase
+from distributed_testing._comms import DTensorTestBase, ShardedTensorTestBase, with_comms
 from distributed_testing._continuous import MultiProcContinuousTest
 from distributed_testing._errors import ConfigError, DistributedTestingError, RankFailure
 from distributed_testing._guards import (
@@ -35,12 +36,14 @@ __version__ = "0.1.0"
 __all__ = [
     "TEST_SKIPS",
     "ConfigError",
+    "DTensorTestBase",
     "DistBackendTestCase",
     "DistributedTestBase",
     "DistributedTestingError",
     "MultiProcContinuousTest",
     "MultiProcessTestCase",
     "RankFailure",
+    "ShardedTensorTestBase",
     "TestSkip",
     "requires_gloo",
     "requires_mpi",
@@ -55,6 +58,7 @@ __all__ = [
     "skip_if_rocm_multiprocess",
     "skip_if_small_worldsize",
     "skip_if_win32",
+    "with_comms",
     "with_dist_debug_levels",
     "world_sizes",
 ]

@@ -71,6 +71,8 @@ class Runner:
         env["TMPDIR"] = str(self.scratch)
         env["PYTHONWARNINGS"] = "ignore"
         env["DISTRIBUTED_TESTING_TIMEOUT"] = "60"  # a hang reports instead of eating the suite
+        # torch's compile cache is torch's, kept on purpose: not a leftover of ours.
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(self.tmp_path / "torchinductor")
         env.update(extra)
         return env
 

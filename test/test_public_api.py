@@ -13,12 +13,14 @@ import distributed_testing
 
 PUBLIC_NAMES = [
     "ConfigError",
+    "DTensorTestBase",
     "DistBackendTestCase",
     "DistributedTestBase",
     "DistributedTestingError",
     "MultiProcContinuousTest",
     "MultiProcessTestCase",
     "RankFailure",
+    "ShardedTensorTestBase",
     "TEST_SKIPS",
     "TestSkip",
     "requires_gloo",
@@ -34,6 +36,7 @@ PUBLIC_NAMES = [
     "skip_if_rocm_multiprocess",
     "skip_if_small_worldsize",
     "skip_if_win32",
+    "with_comms",
     "with_dist_debug_levels",
     "world_sizes",
 ]
