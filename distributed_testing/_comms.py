@@ -85,7 +85,7 @@ class _Comms:
             raise unittest.SkipTest(shortfall)
         if dist.is_initialized():
             raise DistributedTestingError(
-                f"init_pg() called twice: the default process group already exists. "
+                "init_pg() called twice: the default process group already exists. "
                 "Call destroy_comms() first, or use one @with_comms per test."
             )
         if name in GPU_BACKENDS:
@@ -100,7 +100,7 @@ class _Comms:
 
         if _rpc_running():
             raise DistributedTestingError(
-                f"init_rpc() called twice: RPC is already running. "
+                "init_rpc() called twice: RPC is already running. "
                 "Call destroy_comms() first, or use one @with_comms per test."
             )
         options = rpc.TensorPipeRpcBackendOptions(init_method=f"file://{self.file_name}.rpc", _transports=["uv"])
@@ -124,7 +124,7 @@ class _Comms:
 
         if not dist.is_initialized():
             raise DistributedTestingError(
-                f"destroy_comms() without init_comms(): there is no process group. "
+                "destroy_comms() without init_comms(): there is no process group. "
                 "Example: self.init_comms(init_rpc=False) ... self.destroy_comms(destroy_rpc=False)"
             )
         dist.barrier()
