@@ -43,6 +43,7 @@ STRICT_VARIABLES = ("BACKEND", "WORLD_SIZE", "TEMP_DIR")
 ENV_START_METHOD = "DISTRIBUTED_TESTING_START_METHOD"
 ENV_TIMEOUT = "DISTRIBUTED_TESTING_TIMEOUT"
 ENV_SHOW_OUTPUT = "DISTRIBUTED_TESTING_SHOW_OUTPUT"
+ENV_REPORT = "DISTRIBUTED_TESTING_REPORT"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Settings:
     start_method: str | None
     timeout: float | None
     show_output: bool
+    report_path: str | None = None  # where run_tests() writes a JSON record of the run
 
 
 def script_name() -> str:
@@ -212,7 +214,16 @@ def strict_error(missing: list[str]) -> ConfigError:
     )
 
 
-_VARIABLES = ("BACKEND", "WORLD_SIZE", "TEMP_DIR", "INIT_METHOD", ENV_START_METHOD, ENV_TIMEOUT, ENV_SHOW_OUTPUT)
+_VARIABLES = (
+    "BACKEND",
+    "WORLD_SIZE",
+    "TEMP_DIR",
+    "INIT_METHOD",
+    ENV_START_METHOD,
+    ENV_TIMEOUT,
+    ENV_SHOW_OUTPUT,
+    ENV_REPORT,
+)
 
 
 def load(environ: Mapping[str, str] | None = None, strict: bool = False) -> Settings:
@@ -255,6 +266,7 @@ def _load(env: Mapping[str, str], strict: bool) -> Settings:
         start_method=parse_start_method(start) if start is not None else None,
         timeout=parse_timeout(timeout) if timeout is not None else None,
         show_output=(_get(env, ENV_SHOW_OUTPUT) or "0").strip().lower() not in ("0", "false", "no"),
+        report_path=_get(env, ENV_REPORT),
     )
 
 

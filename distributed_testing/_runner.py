@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from distributed_testing import _config
 from distributed_testing._errors import ConfigError
+from distributed_testing._report import RecordingResult, write_report
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NO_TESTS", "EXIT_OK", "EXIT_USAGE", "main", "run_tests"]
 
@@ -46,13 +47,21 @@ def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module:
         if note:
             print(note, file=sys.stderr, flush=True)
         try:
-            program = _Program(module=module, argv=args, exit=False)
+            program = _Program(module=module, argv=args, exit=False, testRunner=_Runner)
         except KeyboardInterrupt:
             from distributed_testing import _testcase
 
             where = f" in {_testcase.running_test}" if _testcase.running_test else ""
             print(f"{_config.script_name()}: interrupted{where}; every rank was stopped", file=sys.stderr)
             return EXIT_INTERRUPTED
+    code = _exit_code(program)
+    if settings.report_path:
+        records = program.result.records if isinstance(program.result, RecordingResult) else []
+        write_report(settings.report_path, records, code)
+    return code
+
+
+def _exit_code(program: _Program) -> int:
     if program.usage_error:
         return _usage_error(program.usage_error)
     if program.result is None or program.result.testsRun == 0:
@@ -130,6 +139,12 @@ def _iter_tests(suite: Any) -> Iterator[unittest.TestCase]:
             yield from _iter_tests(item)
     else:
         yield suite
+
+
+class _Runner(unittest.TextTestRunner):
+    """unittest's text runner, keeping a record of each test for the JSON report."""
+
+    resultclass = RecordingResult
 
 
 class _Program(unittest.TestProgram):
