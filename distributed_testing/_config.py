@@ -44,6 +44,7 @@ ENV_START_METHOD = "DISTRIBUTED_TESTING_START_METHOD"
 ENV_TIMEOUT = "DISTRIBUTED_TESTING_TIMEOUT"
 ENV_SHOW_OUTPUT = "DISTRIBUTED_TESTING_SHOW_OUTPUT"
 ENV_REPORT = "DISTRIBUTED_TESTING_REPORT"
+ENV_DEBUG_RANK = "DISTRIBUTED_TESTING_DEBUG_RANK"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Settings:
     timeout: float | None
     show_output: bool
     report_path: str | None = None  # where run_tests() writes a JSON record of the run
+    debug_rank: int | None = None  # the rank run in the main process, for pdb
 
 
 def script_name() -> str:
@@ -197,6 +199,19 @@ def parse_timeout(value: object, name: str = ENV_TIMEOUT) -> float:
     return seconds
 
 
+def parse_debug_rank(value: object, name: str = ENV_DEBUG_RANK) -> int:
+    """Validate the rank to run in the main process: an integer >= 0."""
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ConfigError(
+            f"{name} must be a rank, an integer >= 0, got {name}={value!r}. "
+            + _example(f"{ENV_DEBUG_RANK}=1") + " -k test_name",
+            name,
+            value,
+        )
+    return int(text)
+
+
 def missing_strict(environ: Mapping[str, str]) -> list[str]:
     """The strict-mode variables that are not set."""
     return [name for name in STRICT_VARIABLES if _get(environ, name) is None]
@@ -223,6 +238,7 @@ _VARIABLES = (
     ENV_TIMEOUT,
     ENV_SHOW_OUTPUT,
     ENV_REPORT,
+    ENV_DEBUG_RANK,
 )
 
 
@@ -267,6 +283,7 @@ def _load(env: Mapping[str, str], strict: bool) -> Settings:
         timeout=parse_timeout(timeout) if timeout is not None else None,
         show_output=(_get(env, ENV_SHOW_OUTPUT) or "0").strip().lower() not in ("0", "false", "no"),
         report_path=_get(env, ENV_REPORT),
+        debug_rank=parse_debug_rank(debug) if (debug := _get(env, ENV_DEBUG_RANK)) is not None else None,
     )
 
 

@@ -55,6 +55,7 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
     def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
         if methodName != "runTest":
             method_name = methodName
+        expand_world_sizes(type(self))  # marks applied after the class was made
         if method_name != "runTest" and not hasattr(type(self), method_name):
             raise ConfigError(no_such_test(type(self), method_name), "test name", method_name)
         super().__init__(method_name)

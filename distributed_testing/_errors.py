@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DistributedTestingError", "RankFailure"]
+__all__ = ["ConfigError", "DistributedTestingError", "RankAssertionError", "RankFailure"]
 
 
 class DistributedTestingError(Exception):
@@ -39,3 +39,11 @@ class RankFailure(DistributedTestingError):
 
     def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...], str, bool]]:
         return (type(self), (str(self), self.ranks, self.test_id, self.timed_out))
+
+
+class RankAssertionError(DistributedTestingError, AssertionError):
+    """A distributed test whose failing ranks all failed an assertion.
+
+    An AssertionError, so unittest and pytest count it as a failure (not an
+    error); the message is the full report.
+    """

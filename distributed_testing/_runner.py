@@ -29,12 +29,12 @@ EXIT_INTERRUPTED = 130  # as a shell reports a run stopped by Ctrl-C
 STRICT_FLAG = "--strict-env"
 
 
-def run_tests(argv: Sequence[str] | None = None, strict_env: bool = False, module: str = "__main__") -> NoReturn:
+def run_tests(argv: Sequence[str] | None = None, strict_env: bool = False, module: Any = "__main__") -> NoReturn:
     """Run the tests of ``module`` (the calling file) and exit with the outcome's code."""
     sys.exit(main(argv, strict_env=strict_env, module=module))
 
 
-def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module: str = "__main__") -> int:
+def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module: Any = "__main__") -> int:
     """Like :func:`run_tests`, but return the exit code."""
     args = list(sys.argv if argv is None else argv)
     strict = strict_env or STRICT_FLAG in args

@@ -22,9 +22,9 @@ import expecttest
 
 from distributed_testing import _config, _devices, _launcher, _outcomes, _rank
 from distributed_testing._assertions import TensorAssertions
-from distributed_testing._errors import ConfigError, RankFailure
+from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
 from distributed_testing._guards import guard_reason
-from distributed_testing._protocol import RankContext
+from distributed_testing._protocol import PASSED, RankContext
 from distributed_testing._world_sizes import expand_world_sizes
 
 __unittest = True
@@ -61,6 +61,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
     def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
         if methodName != "runTest":
             method_name = methodName
+        expand_world_sizes(type(self))  # marks applied after the class was made
         if method_name != "runTest" and not hasattr(type(self), method_name):
             raise ConfigError(no_such_test(type(self), method_name), "test name", method_name)
         super().__init__(method_name)
@@ -72,6 +73,8 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         self.special_return_code_checks: dict[Any, int] = {}
         self._dt_handles: list[_launcher.RankHandle] = []
         self._dt_dir: str | None = None
+        self._dt_debug_rank: int | None = None  # run in this process (pdb works there)
+        self._dt_debug_view: _outcomes.RankView | None = None
         if hasattr(type(self), method_name):
             setattr(self, method_name, self.join_or_run(getattr(self, method_name)))
 
@@ -168,7 +171,11 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         # BACKEND are exported because PyTorch-style decorators read them.
         settings = _config.load()
         rank_env = {"WORLD_SIZE": str(world_size), "BACKEND": settings.backend, **self._rank_env()}
+        self._dt_debug_rank = _debug_rank(settings, world_size)
+        self._dt_rank_env = rank_env
         for rank in range(world_size):
+            if rank == self._dt_debug_rank:
+                continue
             ctx = RankContext(
                 output_path=os.path.join(self._dt_dir, f"rank{rank}.out"),
                 stacks_path=os.path.join(self._dt_dir, f"rank{rank}.stacks"),
@@ -193,7 +200,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
             if self._dt_dir is None:
                 MultiProcessTestCase.setUp(self)
             self._spawn_processes()
-        if not self._dt_handles:
+        if not self._dt_handles and self._dt_debug_rank is None:
             raise ConfigError(
                 f"{self.id()} started no rank processes: call self._spawn_processes() in "
                 "setUp. Example: def setUp(self): super().setUp(); self._spawn_processes()",
@@ -208,6 +215,10 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         global running_test
         running_test = self.id()
         try:
+            if self._dt_debug_rank is not None:
+                self._dt_debug_view = self._dt_run_here(self._dt_debug_rank)
+                if _outcomes.rank_failed(self._dt_debug_view, expected, ignore):
+                    timeout = _launcher.FAILURE_GRACE  # the others need not wait for a peer that is done
             waited = _launcher.wait_for_ranks(self._dt_handles, timeout, is_failure)
             if waited.timed_out:
                 _launcher.collect_stacks(self._dt_handles)
@@ -227,6 +238,25 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         finally:
             self._dt_stop()
 
+    def _dt_run_here(self, rank: int) -> _outcomes.RankView:
+        """Run one rank of this test in this process, so breakpoint() and pdb work in it."""
+        case = type(self)(self._testMethodName)
+        case.rank, case.file_name = rank, self.file_name
+        saved = {name: os.environ.get(name) for name in self._dt_rank_env}
+        os.environ.update(self._dt_rank_env)
+        try:
+            result = _rank.run_in_rank(case, rank, case._rank_setup, case._rank_teardown)
+            if case.destroy_pg_upon_exit:
+                _destroy_default_group()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        code = 0 if result.status == PASSED else result.exit_code
+        return _outcomes.RankView(rank, os.getpid(), result, code)
+
     def _dt_code_rules(self, fn: Any) -> tuple[int | None, bool]:
         """PyTorch's per-test exit-code exceptions: (expected code, ignore codes)."""
         ignore = any(_same_test(entry, fn) for entry in self.skip_return_code_checks)
@@ -243,6 +273,8 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         waited = self._dt_waited
         expected, ignore = self._dt_code_rules(fn)
         views = [view(h, with_output=True) for h in self._dt_handles]
+        if self._dt_debug_view is not None:
+            views = sorted([*views, self._dt_debug_view], key=lambda v: v.rank)
         outcome = _outcomes.fold(
             views,
             test_id=self.id(),
@@ -323,6 +355,18 @@ class DistributedTestBase(MultiProcessTestCase):
         return {i: [i % count] for i in range(self.world_size)}
 
 
+def _debug_rank(settings: _config.Settings, world_size: int) -> int | None:
+    rank = settings.debug_rank
+    if rank is not None and rank >= world_size:
+        raise ConfigError(
+            f"{_config.ENV_DEBUG_RANK}={rank} is not a rank of this test, whose world size is {world_size}. "
+            f"Example: {_config.ENV_DEBUG_RANK}={world_size - 1}",
+            _config.ENV_DEBUG_RANK,
+            rank,
+        )
+    return rank
+
+
 def _destroy_default_group() -> None:
     import torch.distributed as dist
 
@@ -339,7 +383,7 @@ def raise_outcome(case: unittest.TestCase, outcome: _outcomes.Outcome, timed_out
     if outcome.kind == _outcomes.SKIP:
         raise unittest.SkipTest(outcome.message)
     if outcome.kind == _outcomes.FAIL:
-        raise case.failureException(outcome.message)
+        raise RankAssertionError(outcome.message)
     if outcome.kind == _outcomes.ERROR:
         raise RankFailure(outcome.message, outcome.failed_ranks, case.id(), timed_out)
 

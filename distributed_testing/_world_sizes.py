@@ -14,6 +14,8 @@ __all__ = ["declared_world_size", "expand_world_sizes", "required_world_size", "
 T = TypeVar("T")
 SIZES_ATTR = "_dt_world_sizes"
 REQUIRED_ATTR = "_required_world_size"  # PyTorch's attribute name for a test's world size
+MARK = "world_size"  # the pytest mark: @pytest.mark.world_size(2, 4)
+_EXPANDED_ATTR = "_dt_world_sizes_expanded"
 
 
 def world_sizes(*sizes: int) -> Callable[[T], T]:
@@ -38,14 +40,29 @@ def world_sizes(*sizes: int) -> Callable[[T], T]:
 
 
 def expand_world_sizes(cls: type) -> None:
-    """Expand the methods of ``cls`` marked by ``world_sizes`` (called at class creation)."""
+    """Expand what ``cls`` marks with ``world_sizes`` or ``@pytest.mark.world_size``.
+
+    Called at class creation and again when a test case is built, since a
+    class decorator or mark is applied after the class exists; idempotent.
+    """
+    class_sizes = _marked_sizes(cls.__dict__.get("pytestmark", ()))
+    if class_sizes and not cls.__dict__.get(_EXPANDED_ATTR):
+        setattr(cls, _EXPANDED_ATTR, True)
+        world_sizes(*class_sizes)(cls)
     for name, member in list(vars(cls).items()):
-        sizes = getattr(member, SIZES_ATTR, None)
-        if sizes and callable(member):
-            _expand(cls, name, member, sizes)
+        if not (name.startswith("test") and callable(member)):
+            continue
+        sizes = getattr(member, SIZES_ATTR, None) or _marked_sizes(getattr(member, "pytestmark", ()))
+        if sizes and getattr(member, REQUIRED_ATTR, None) is None:
+            _expand(cls, name, member, tuple(parse_world_size(s, "world_size mark") for s in sizes))
     declared = cls.__dict__.get("world_size")
     if declared is not None and not isinstance(declared, _RequiredFirst):
         cls.world_size = _RequiredFirst(declared)  # type: ignore[attr-defined]
+
+
+def _marked_sizes(marks: Any) -> tuple[int, ...]:
+    """The sizes of ``@pytest.mark.world_size(...)`` marks (read without importing pytest)."""
+    return tuple(size for mark in marks if getattr(mark, "name", None) == MARK for size in mark.args)
 
 
 def _expand(cls: type, name: str, method: Callable[..., Any], sizes: tuple[int, ...]) -> None:

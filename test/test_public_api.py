@@ -85,3 +85,16 @@ def test_submodules_are_private() -> None:
 def test_package_has_a_version() -> None:
     assert isinstance(distributed_testing.__version__, str)
     assert distributed_testing.__version__.count(".") >= 1
+
+
+def test_every_public_name_has_a_home_module() -> None:
+    assert sorted(distributed_testing._EXPORTS) == sorted(distributed_testing.__all__)
+
+
+def test_importing_the_package_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, distributed_testing; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
