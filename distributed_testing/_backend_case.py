@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from datetime import timedelta
+from typing import Any
 
 from distributed_testing import _config
 from distributed_testing._errors import DistributedTestingError
@@ -68,31 +69,45 @@ class DistBackendTestCase(MultiProcessTestCase):
         import torch.distributed as dist
 
         settings = _config.load()
-        init = settings.init_method
-        if init == "file://":
-            init = f"file://{self.file_name}"
         if settings.backend == "nccl":
             torch.cuda.set_device(self.rank % max(torch.cuda.device_count(), 1))
+        rendezvous: dict[str, Any] = {"init_method": settings.init_method}
+        if self._dt_launch_key is not None:  # torchrun mode: a store namespace per test
+            rendezvous = {"store": _launched_run().test_store(self._dt_launch_key)}
+        elif settings.init_method == "file://":
+            rendezvous = {"init_method": f"file://{self.file_name}"}
         dist.init_process_group(
             settings.backend,
-            init_method=init,
             rank=self.rank,
             world_size=self.world_size,
             timeout=timedelta(seconds=_config.resolve_timeout(type(self).timeout, settings)),
+            **rendezvous,
         )
         self._barrier()
 
     def _rank_teardown(self) -> None:
         import torch.distributed as dist
 
-        self._barrier()
+        if not getattr(self, "_dt_test_failed", False):  # peers of a failed test may never arrive
+            self._barrier()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+    def _dt_store_barrier(self, wait: float) -> None:
+        """torchrun mode: ranks may be on other machines, so the barrier lives in the store."""
+        store = _launched_run().store
+        self._dt_barrier_count = getattr(self, "_dt_barrier_count", 0) + 1
+        prefix = f"barrier/{self._dt_launch_key}/{self._dt_barrier_count}"
+        store.set(f"{prefix}/{self.rank}", b"1")
+        store.wait([f"{prefix}/{r}" for r in range(self.world_size)], timedelta(seconds=wait))
 
     def _barrier(self, timeout: float | None = None) -> None:
         """Wait until every rank of this test reaches the same barrier (files in TEMP_DIR)."""
         settings = _config.load()
         wait = timeout or _config.resolve_timeout(type(self).timeout, settings)
+        if self._dt_launch_key is not None:
+            self._dt_store_barrier(wait)
+            return
         directory = _barrier_dir(settings, self.file_name)
         token = _token(self.file_name)
         self._dt_barrier_count = getattr(self, "_dt_barrier_count", 0) + 1
@@ -109,6 +124,12 @@ class DistBackendTestCase(MultiProcessTestCase):
                     f"rank(s) {', '.join(map(str, missing))} never arrived"
                 )
             time.sleep(BARRIER_POLL)
+
+
+def _launched_run() -> Any:
+    from distributed_testing import _launched
+
+    return _launched.current()
 
 
 def _token(file_name: str) -> str:

@@ -212,6 +212,64 @@ def parse_debug_rank(value: object, name: str = ENV_DEBUG_RANK) -> int:
     return int(text)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What a launcher (torchrun, or Slurm/MPI through it) told this process."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    agent_store: bool  # torchrun hosts the store at MASTER_ADDR:MASTER_PORT
+    run_id: str
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_info(environ: Mapping[str, str] | None = None) -> Launch | None:
+    """The launcher's variables when ``RANK`` is set (torchrun mode), else None.
+
+    Raises ConfigError when they are incomplete or inconsistent.
+    """
+    env = os.environ if environ is None else environ
+    if _get(env, "RANK") is None:
+        return None
+    missing = [name for name in LAUNCH_VARIABLES if _get(env, name) is None]
+    example = "Example: torchrun --standalone --nproc-per-node=2 test_x.py"
+    if missing:
+        raise ConfigError(
+            f"RANK is set, so this process was started by a launcher, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set; a launcher sets all of "
+            f"{', '.join(LAUNCH_VARIABLES)}. {example}",
+            missing[0],
+        )
+    world = parse_world_size(env["WORLD_SIZE"])
+    numbers = {}
+    for name in ("RANK", "LOCAL_RANK", "MASTER_PORT"):
+        if not re.fullmatch(r"[0-9]+", env[name].strip()):
+            raise ConfigError(f"{name} must be an integer >= 0, got {name}={env[name]!r}. {example}", name, env[name])
+        numbers[name] = int(env[name])
+    if numbers["RANK"] >= world:
+        raise ConfigError(
+            f"RANK must be below WORLD_SIZE, got RANK={numbers['RANK']} with WORLD_SIZE={world}. {example}",
+            "RANK",
+            numbers["RANK"],
+        )
+    if not 0 < numbers["MASTER_PORT"] < 65536:
+        raise ConfigError(f"MASTER_PORT must be a TCP port, got MASTER_PORT={env['MASTER_PORT']!r}. {example}")
+    return Launch(
+        rank=numbers["RANK"],
+        world_size=world,
+        local_rank=numbers["LOCAL_RANK"],
+        master_addr=env["MASTER_ADDR"],
+        master_port=numbers["MASTER_PORT"],
+        agent_store=(_get(env, "TORCHELASTIC_USE_AGENT_STORE") or "").lower() == "true",
+        run_id=_get(env, "TORCHELASTIC_RUN_ID") or f"{env['MASTER_ADDR']}-{numbers['MASTER_PORT']}",
+    )
+
+
 def missing_strict(environ: Mapping[str, str]) -> list[str]:
     """The strict-mode variables that are not set."""
     return [name for name in STRICT_VARIABLES if _get(environ, name) is None]

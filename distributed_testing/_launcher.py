@@ -7,12 +7,14 @@ SIGKILL. At the deadline every live rank is asked for its stacks first.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +114,16 @@ def wait_for_ranks(
         handle.receive()
     elapsed = time.monotonic() - start
     timed_out = first_failure is None and not all(r.done(until_exit) for r in ranks)
+    failed = [r for r in ranks if r.finished_at is not None and is_failure(r)]
+    if failed:  # by when each failed, not by the order the parent noticed
+        first_failure = min(failed, key=_failure_time).rank
     return WaitOutcome(timed_out, elapsed, first_failure)
+
+
+def _failure_time(handle: RankHandle) -> float:
+    if handle.result is not None and handle.result.failed_at:
+        return handle.result.failed_at
+    return handle.finished_at or 0.0
 
 
 def collect_stacks(ranks: list[RankHandle]) -> None:
@@ -218,7 +229,35 @@ def process_class(method: str, module: str) -> Any:
     context = multiprocessing.get_context("forkserver")
     # Takes effect when the server starts, at the first rank of the run.
     context.set_forkserver_preload([*_PRELOAD, module])
+    _register_multiprocessing_dir()
     return context.Process  # type: ignore[attr-defined]
+
+
+def _register_multiprocessing_dir() -> None:
+    """multiprocessing keeps the fork server's socket in a temp dir it removes at exit only."""
+    from multiprocessing import util
+
+    from distributed_testing import _janitor
+
+    _janitor.register(util.get_temp_dir())
+
+
+@contextlib.contextmanager
+def _output_to(path: str) -> Iterator[None]:
+    """Point this process's fds 1 and 2 at ``path`` while a child is started."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (fd, *saved):
+            os.close(descriptor)
 
 
 def start_rank(
@@ -234,6 +273,12 @@ def start_rank(
     """
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
     process = proc(target=target, name=f"rank {rank}", args=(*args, child_conn, ctx))
-    process.start()
+    if getattr(process, "_start_method", None) == "spawn":
+        # A spawned rank imports the test file before it can capture its own
+        # output: hand it the rank's file as stdout/stderr from the start.
+        with _output_to(ctx.output_path):
+            process.start()
+    else:
+        process.start()
     child_conn.close()
     return RankHandle(rank, process, parent_conn, ctx.output_path, ctx.stacks_path)

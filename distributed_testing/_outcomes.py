@@ -47,8 +47,9 @@ class _Verdict:
     rank: int
     kind: str  # ok, skip, fail, stopped, hung
     summary: str = ""  # what happened, without the rank: "ValueError: boom"
-    detail: str = ""  # the traceback or note shown once per group
+    detail: str = ""  # the traceback shown once per group
     assertion: bool = False
+    pid: str = ""  # "pid N" of a rank that died: named in the header, not grouped on
 
 
 def signal_name(code: int) -> str:
@@ -91,7 +92,9 @@ def _error_summary(error: ErrorInfo) -> str:
 
 def _classify(view: RankView, expected_code: int | None, ignore_codes: bool, timed_out: bool) -> _Verdict:
     result, code = view.result, view.exitcode
-    pid = f" (pid {view.pid})" if view.pid else ""
+    pid = f"pid {view.pid}" if view.pid else ""
+    if timed_out and view.stacks and (result is None or result.status != FAILED):
+        return _Verdict(view.rank, "hung", "still running at the deadline")
     if result is not None and result.status == FAILED:
         first = result.errors[0]
         detail = "\n\n".join(e.traceback for e in result.errors)
@@ -115,8 +118,8 @@ def _classify(view: RankView, expected_code: int | None, ignore_codes: bool, tim
             return _Verdict(view.rank, "fail", f"exited with code {code}, expected {expected_code}")
         if code in (0, None):
             return _Verdict(view.rank, "ok")
-        return _Verdict(view.rank, "fail", f"passed, then its process{pid} {_death(code)}")
-    return _Verdict(view.rank, "fail", f"{_death(code)} before reporting a result{pid}".strip())
+        return _Verdict(view.rank, "fail", f"passed, then its process {_death(code)}", pid=pid)
+    return _Verdict(view.rank, "fail", f"{_death(code)} before reporting a result", pid=pid)
 
 
 def _death(code: int | None) -> str:
@@ -194,7 +197,9 @@ def _failure_report(
     for group in groups:
         ranks = [v.rank for v in group]
         same = "same " if len(ranks) > 1 else ""
-        lines.append(f"{_ranks_word(ranks)} of {world_size} failed: {same}{group[0].summary}")
+        pids = ", ".join(v.pid.removeprefix("pid ") for v in group if v.pid)
+        where = f" ({'pids' if ',' in pids else 'pid'} {pids})" if pids else ""
+        lines.append(f"{_ranks_word(ranks)} of {world_size} failed: {same}{group[0].summary}{where}")
     if len(groups) > 1 and first_failure is not None:
         lines.append(f"rank {first_failure} failed first; the other failures may be consequences")
     stopped = [v.rank for v in verdicts if v.kind == "stopped"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from distributed_testing import _launcher, _pool_worker
+from distributed_testing import _janitor, _launcher, _pool_worker
 from distributed_testing._errors import RankFailure
 from distributed_testing._launcher import RankHandle, WaitOutcome
 from distributed_testing._outcomes import RankView, rank_list
@@ -39,6 +39,7 @@ class RankPool:
         self.healthy = True
         self.skip_reason: str | None = None
         self.dir = tempfile.mkdtemp(prefix=f"dt-pool-{cls.__name__}-")
+        _janitor.register(self.dir)
         file_name = os.path.join(self.dir, "rendezvous")
         proc = _launcher.process_class(method, cls.__module__)
         self.handles: list[RankHandle] = []
@@ -131,6 +132,7 @@ class RankPool:
         _launcher.close(self.handles)
         self.handles = []
         shutil.rmtree(self.dir, ignore_errors=True)
+        _janitor.unregister(self.dir)
 
     def describe(self) -> str:
         return f"{self.cls.__name__} pool (ranks {rank_list(range(self.world_size))}, pids {self.pids})"

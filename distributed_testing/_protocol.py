@@ -36,6 +36,7 @@ class RankResult:
     exit_code: int = 0  # the code this rank's process exits with
     duration: float = 0.0
     healthy: bool = True  # a pool rank: still fit for the next test (default group intact)
+    failed_at: float = 0.0  # time.monotonic() of the first error (system-wide on Linux)
 
 
 @dataclass(frozen=True)

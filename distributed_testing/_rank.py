@@ -158,12 +158,16 @@ def _register_stack_dump(path: str, signum: int) -> None:
 
 
 def flush() -> None:
-    """Flush the rank's Python streams into its captured output."""
+    """Flush the rank's Python streams, and C's stdio buffers (printf, std::cout), into its output."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def seed_all(seed: int = SEED) -> None:
@@ -199,21 +203,27 @@ class _Collector(unittest.TestResult):
         self.skip_reason: str | None = None
         self.exit_status: int | None = None
         self.phase = ""  # the rank hook running now, named in its errors
+        self.failed_at = 0.0  # when the first error was recorded
 
     def addError(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
         exc = err[1]
         if isinstance(exc, SystemExit):
             self._system_exit(exc)
         else:
-            self.error_infos.append(format_error(exc, self.phase, err, self, test))
+            self._error(format_error(exc, self.phase, err, self, test))
 
     def addFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
-        self.error_infos.append(format_error(err[1], self.phase, err, self, test))
+        self._error(format_error(err[1], self.phase, err, self, test))
+
+    def _error(self, info: ErrorInfo) -> None:
+        if not self.error_infos:
+            self.failed_at = time.monotonic()
+        self.error_infos.append(info)
 
     def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:  # noqa: N802
         if err is not None:
             where = f"subTest {subtest._subDescription()}"
-            self.error_infos.append(format_error(err[1], where, err, self, test))
+            self._error(format_error(err[1], where, err, self, test))
 
     def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
         self.skip_reason = reason
@@ -252,8 +262,11 @@ def format_error(
     if err is not None and collector is not None and test is not None:
         text = collector._exc_info_to_string(err, test)  # type: ignore[attr-defined]  # unittest's trimming
     else:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
+    try:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    except Exception:  # an exception whose __str__ raises
+        message = f"<{type(exc).__name__} whose message could not be shown>"
     return ErrorInfo(
         exc_type=type(exc).__name__,
         message=message,
@@ -261,6 +274,13 @@ def format_error(
         is_assertion=isinstance(exc, AssertionError),
         where=where,
     )
+
+
+def _user_frames(tb: Any) -> Any:
+    """Skip the leading frames of modules marked ``__unittest`` (this library, unittest)."""
+    while tb is not None and "__unittest" in tb.tb_frame.f_globals:
+        tb = tb.tb_next
+    return tb
 
 
 def run_in_rank(
@@ -281,14 +301,22 @@ def run_in_rank(
     seed_all()
     collector = _Collector()
     case.setUp = _phase(collector, "setUp", set_up)  # type: ignore[method-assign]
-    case.tearDown = _phase(collector, "tearDown", tear_down)  # type: ignore[method-assign]
+
+    def tear_down_knowing_the_outcome() -> None:
+        # A tear-down can skip waiting for peers that a failed test left behind.
+        case._dt_test_failed = bool(collector.error_infos) or collector.exit_status is not None  # type: ignore[attr-defined]
+        tear_down()
+
+    case.tearDown = _phase(collector, "tearDown", tear_down_knowing_the_outcome)  # type: ignore[method-assign]
     start = time.monotonic()
     unittest.TestCase.run(case, collector)
     duration = time.monotonic() - start
     pid = os.getpid()
     if collector.error_infos:
         errors = tuple(collector.error_infos)
-        return RankResult(rank, pid, FAILED, errors, exit_code=TEST_ERROR_EXIT_CODE, duration=duration)
+        return RankResult(
+            rank, pid, FAILED, errors, exit_code=TEST_ERROR_EXIT_CODE, duration=duration, failed_at=collector.failed_at
+        )
     if collector.exit_status is not None:
         return RankResult(rank, pid, EXITED, exit_code=collector.exit_status, duration=duration)
     if collector.skip_reason is not None:

@@ -18,7 +18,7 @@ import unittest
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from distributed_testing import _config
+from distributed_testing import _config, _janitor
 from distributed_testing._errors import ConfigError
 from distributed_testing._report import RecordingResult, write_report
 
@@ -41,10 +41,11 @@ def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module:
     args = [a for a in args if a != STRICT_FLAG]
     try:
         settings = _config.load(strict=strict)
+        launch = _config.launch_info()
     except ConfigError as exc:
         return _usage_error(str(exc))
     with _environment(settings) as note, _interruptible():
-        if note:
+        if note and (launch is None or launch.rank == 0):
             print(note, file=sys.stderr, flush=True)
         try:
             program = _Program(module=module, argv=args, exit=False, testRunner=_Runner)
@@ -104,6 +105,7 @@ def _environment(settings: _config.Settings) -> Iterator[str]:
     private = None
     if settings.temp_dir is None:
         private = tempfile.mkdtemp(prefix="dt-run-")
+        _janitor.register(private)
         defaults["TEMP_DIR"] = private
     temp_dir = settings.temp_dir or private or ""
     for sub in ("barrier", "test_dir"):  # what PyTorch's suites expect in TEMP_DIR
@@ -120,6 +122,7 @@ def _environment(settings: _config.Settings) -> Iterator[str]:
                 os.environ[name] = value
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
+            _janitor.unregister(private)
 
 
 def _defaults_note(defaults: dict[str, str], settings: _config.Settings, private: bool) -> str:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import expecttest
 
-from distributed_testing import _config, _devices, _launcher, _outcomes, _rank
+from distributed_testing import _config, _devices, _janitor, _launcher, _outcomes, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
 from distributed_testing._guards import guard_reason
@@ -75,6 +75,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         self._dt_dir: str | None = None
         self._dt_debug_rank: int | None = None  # run in this process (pdb works there)
         self._dt_debug_view: _outcomes.RankView | None = None
+        self._dt_launch_key: str | None = None  # set in torchrun mode: this process is a rank
         if hasattr(type(self), method_name):
             setattr(self, method_name, self.join_or_run(getattr(self, method_name)))
 
@@ -109,6 +110,8 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         @functools.wraps(fn)
         def wrapper(self: MultiProcessTestCase) -> Any:
             __tracebackhide__ = True
+            if self._dt_launch_key is not None:
+                return self._dt_run_launched(fn)
             if self.rank == self.MAIN_PROCESS_RANK:
                 return self._join_processes(fn)
             return fn()
@@ -123,6 +126,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         self.pid_to_pipe = {}
         self.rank = self.MAIN_PROCESS_RANK
         self._dt_dir = tempfile.mkdtemp(prefix=f"dt-{type(self).__name__}-")
+        _janitor.register(self._dt_dir)
         self.addCleanup(self._dt_cleanup)
         self.file_name = os.path.join(self._dt_dir, "rendezvous")
         open(self.file_name, "w").close()
@@ -142,6 +146,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         self._dt_stop()
         if self._dt_dir is not None:
             shutil.rmtree(self._dt_dir, ignore_errors=True)
+            _janitor.unregister(self._dt_dir)
             self._dt_dir = None
 
     def _spawn_processes(self) -> None:
@@ -152,8 +157,34 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         reason = guard_reason(self, self._dt_method())
         if reason is not None:
             raise unittest.SkipTest(reason)
+        if _config.launch_info() is not None:
+            self._dt_join_launch()
+            return
         method = choose_start_method(_config.resolve_start_method(type(self).start_method, settings))
         self._start_processes(_launcher.process_class(method, type(self).__module__))
+
+    def _dt_join_launch(self) -> None:
+        """torchrun mode: this process is one rank; the test runs here, in place."""
+        from distributed_testing import _launched
+
+        run = _launched.current()
+        assert run is not None
+        wanted = _config.parse_world_size(self.world_size, f"{type(self).__name__}.world_size")
+        if wanted != run.launch.world_size:
+            raise unittest.SkipTest(f"needs world size {wanted}, launched with {run.launch.world_size}")
+        self._dt_launch_key = run.next_test(self.id())
+        self.rank = run.launch.rank
+        self.file_name = run.rendezvous_file(self._dt_launch_key)
+
+    def _dt_run_launched(self, fn: Any) -> None:
+        __tracebackhide__ = True
+        from distributed_testing import _launched
+
+        assert self._dt_launch_key is not None
+        timeout = _config.resolve_timeout(type(self).timeout, _config.load())
+        outcome = _launched.run_in_place(self, fn, self._dt_launch_key, timeout)
+        shown = _outcomes.Outcome(outcome.kind, _launched.printed_once(outcome, self.rank), outcome.failed_ranks)
+        raise_outcome(self, shown, outcome.kind == _outcomes.ERROR and "timed out" in outcome.message)
 
     def _start_processes(self, proc: Any) -> None:
         """Start ``world_size`` ranks with ``proc``, a multiprocessing Process class."""
@@ -303,9 +334,9 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
     def run_test(self, test_name: str, parent_pipe: Any) -> None:
         """Run the test in this rank and send the one result to the parent."""
         result = _rank.run_in_rank(self, self.rank, self._rank_setup, self._rank_teardown)
+        _rank.send_result(parent_pipe, result)  # first: destroying the group is what fails the peers
         if self.destroy_pg_upon_exit:
             _destroy_default_group()
-        _rank.send_result(parent_pipe, result)
 
     def _rank_setup(self) -> None:
         """Per-rank set-up before the test method (the parent ran ``setUp``)."""

@@ -338,7 +338,6 @@ FAULTS = [
         "ERROR",
         ("rank 1 of 2 failed: ValueError: rank 1 fails first", "rank 1 failed first"),
         ("rank 0 failed first",),
-        bug="the rank that reports first is named as failing first",
     ),
     Fault(
         "output: print, os.write to fd 1/2, printf+fflush",
@@ -363,7 +362,6 @@ FAULTS = [
         "Faults.test_printf_without_fflush",
         "FAIL",
         ("[rank 0] unflushed printf from rank 0", "[rank 1] unflushed printf from rank 1"),
-        bug="C stdio buffers are dropped: ranks leave with os._exit without fflush",
     ),
     Fault(
         "output: logging",
@@ -434,7 +432,6 @@ FAULTS = [
             f"  rank 0: in test_woken_by_the_stack_request at test_x.py:{line_of('faults', '<woken>')}",
             "--- rank 1 stacks (most recent call first) ---",
         ),
-        bug="stacks taken at the deadline are dropped when the rank exits before it is stopped",
     ),
     Fault(
         "exception in _rank_setup (DistBackendTestCase)",
@@ -460,7 +457,6 @@ FAULTS = [
         ("rank 1 of 2 failed: ValueError: rank 1 gives up",),
         ("timed out",),
         env=(),
-        bug="a rank that failed waits for its peers in the tear-down barrier: the test times out",
     ),
     Fault(
         "init_process_group fails: bad INIT_METHOD port",
@@ -475,10 +471,7 @@ FAULTS = [
         "backend",
         "Pass.test_pass",
         "ERROR",
-        (
-            "rank 0 of 2 failed: exited with code 1 before reporting a result",
-            "rank 1 of 2 failed: exited with code 1 before reporting a result",
-        ),
+        ("ranks 0-1 of 2 failed: same exited with code 1 before reporting a result (pids ",),
         env=BROKEN_IMPORT,
     ),
     Fault(
@@ -488,7 +481,6 @@ FAULTS = [
         "ERROR",
         ("[rank 0] ImportError: helpers_only_on_ci is not installed in the rank",),
         env=BROKEN_IMPORT,
-        bug="a spawned rank's import-time output goes to the parent's stderr, not into the report",
     ),
     Fault(
         "ImportError while a spawned rank imports: the same on every rank",
@@ -498,7 +490,6 @@ FAULTS = [
         (),
         ("failed first",),
         env=BROKEN_IMPORT,
-        bug="identical deaths differ in their summary only by pid: not grouped, one is called the first",
     ),
 ]
 
@@ -713,9 +704,6 @@ def test_spawned_ranks_die_with_a_sigkilled_parent(killed_parent) -> None:
     assert after == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a SIGKILLed parent cannot remove its per-test and per-run temp directories"
-)
 def test_a_sigkilled_parent_leaves_no_temp_files(killed_parent) -> None:
     runner, _, _ = killed_parent
     assert runner.leftovers() == []

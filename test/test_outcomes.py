@@ -213,7 +213,7 @@ def test_fold_rank_exit_code_without_result() -> None:
 def test_fold_rank_that_passed_then_crashed_fails() -> None:
     outcome = fold_ranks(passed(0), passed(1, exitcode=-6))
     assert outcome.kind == ERROR
-    assert first_line(outcome) == "rank 1 of 2 failed: passed, then its process (pid 4111) died with SIGABRT"
+    assert first_line(outcome) == "rank 1 of 2 failed: passed, then its process died with SIGABRT (pid 4111)"
 
 
 def test_fold_test_that_called_sys_exit_fails() -> None:
