@@ -45,8 +45,13 @@ class DistBackendTestCase(MultiProcessTestCase):
         self._spawn_processes()
 
     def _dt_cleanup(self) -> None:
+        file_name = self.file_name
         super()._dt_cleanup()
         settings = _config.load()
+        if settings.init_method.startswith("file://") and file_name:
+            shared = _file_rendezvous(settings.init_method, file_name)
+            if shared != file_name and os.path.exists(shared):
+                os.unlink(shared)  # FileStore leaves it when a rank exits before the others
         if settings.temp_dir is not None and self.file_name:
             directory = os.path.join(settings.temp_dir, "barrier")
             for rank in range(self.world_size):
@@ -74,8 +79,8 @@ class DistBackendTestCase(MultiProcessTestCase):
         rendezvous: dict[str, Any] = {"init_method": settings.init_method}
         if self._dt_launch_key is not None:  # torchrun mode: a store namespace per test
             rendezvous = {"store": _launched_run().test_store(self._dt_launch_key)}
-        elif settings.init_method == "file://":
-            rendezvous = {"init_method": f"file://{self.file_name}"}
+        elif settings.init_method.startswith("file://"):
+            rendezvous = {"init_method": f"file://{_file_rendezvous(settings.init_method, self.file_name)}"}
         dist.init_process_group(
             settings.backend,
             rank=self.rank,
@@ -124,6 +129,17 @@ class DistBackendTestCase(MultiProcessTestCase):
                     f"rank(s) {', '.join(map(str, missing))} never arrived"
                 )
             time.sleep(BARRIER_POLL)
+
+
+def _file_rendezvous(init_method: str, file_name: str) -> str:
+    """The rendezvous file of one test: ``file://`` and ``file://DIR/`` (as PyTorch's
+    run_test.py sets it) give each test its own file; ``file://PATH`` is used as is."""
+    path = init_method[len("file://") :]
+    if not path:
+        return file_name
+    if path.endswith("/") or os.path.isdir(path):
+        return os.path.join(path, f"dt-{_token(file_name)}")
+    return path
 
 
 def _launched_run() -> Any:

@@ -1,14 +1,12 @@
 """What this machine and torch build offer: backends and accelerator counts.
 
-Nothing here initialises CUDA, so a process that asked can still fork ranks.
+Nothing here initialises CUDA, so a process that asked can still fork ranks;
+torch is imported on first question, so configuration errors report at once.
 """
 
 from __future__ import annotations
 
 import functools
-
-import torch
-import torch.distributed as dist
 
 # Every backend name the library accepts, in the order messages list them.
 KNOWN_BACKENDS = ("gloo", "nccl", "ucc", "mpi", "xccl")
@@ -16,6 +14,8 @@ KNOWN_BACKENDS = ("gloo", "nccl", "ucc", "mpi", "xccl")
 
 def backend_available(name: str) -> bool:
     """Whether this torch build was compiled with the c10d backend ``name``."""
+    import torch.distributed as dist
+
     if not dist.is_available():
         return False
     probe = getattr(dist, f"is_{name}_available", None)
@@ -33,6 +33,8 @@ def cuda_device_count() -> int:
     torch counts through NVML before CUDA is initialised, which keeps the
     process safe to fork.
     """
+    import torch
+
     try:
         return int(torch.cuda.device_count())
     except Exception:  # a broken driver counts as no device
@@ -41,12 +43,16 @@ def cuda_device_count() -> int:
 
 def cuda_initialized() -> bool:
     """Whether CUDA was initialised in this process (forking is then unsafe)."""
+    import torch
+
     return bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
 
 
 @functools.cache
 def is_rocm() -> bool:
     """Whether this is a ROCm build of torch."""
+    import torch
+
     return getattr(torch.version, "hip", None) is not None
 
 
@@ -54,6 +60,8 @@ def nccl_version() -> tuple[int, ...] | None:
     """The NCCL version of this build, or None without NCCL or CUDA."""
     if not backend_available("nccl") or cuda_device_count() == 0:
         return None
+    import torch
+
     version = torch.cuda.nccl.version()  # type: ignore[no-untyped-call]
     return tuple(version) if isinstance(version, tuple) else (int(version),)
 

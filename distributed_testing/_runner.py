@@ -73,20 +73,29 @@ def _exit_code(program: _Program) -> int:
 
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so a stopped run still stops its ranks and cleans up."""
+    """Treat SIGTERM like Ctrl-C, so a stopped run still stops its ranks and cleans up.
+
+    Only the first interrupt raises: a second one must not cut the clean-up
+    short (stopping ranks takes at most a few seconds).
+    """
+    interrupted = False
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _usage_error(message: str) -> int:

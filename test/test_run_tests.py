@@ -197,3 +197,13 @@ def test_the_example_file_from_the_readme(runner: Runner):
         "TestFromEnvironment.test_barrier": "ok",
     }
     assert runner.leftovers() == []
+
+
+def test_a_file_init_method_directory_gives_each_test_its_own_file(runner: Runner):
+    # PyTorch's run_test.py sets INIT_METHOD=file://$TEMP_DIR/ for test_distributed_spawn.py.
+    shared = runner.tmp_path / "rendezvous"
+    shared.mkdir()
+    run = runner.run(str(runner.write(ENV_FILE)), "-v", INIT_METHOD=f"file://{shared}/")
+    assert run.returncode == 0, run.output
+    assert outcomes(run.output) == {"TestEnv.test_group": "ok", "TestEnv.test_barrier": "ok"}
+    assert list(shared.iterdir()) == []  # each test's file is gone with its process group
