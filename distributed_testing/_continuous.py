@@ -19,6 +19,7 @@ import expecttest
 from distributed_testing import _config, _devices, _launcher, _outcomes, _pool, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._errors import ConfigError
+from distributed_testing._examples import is_hypothesis_test, run_examples
 from distributed_testing._guards import guard_reason
 from distributed_testing._testcase import choose_start_method, no_such_test, raise_outcome, rerun_command
 from distributed_testing._world_sizes import declared_world_size, expand_world_sizes
@@ -140,7 +141,17 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
 
     def _dt_dispatch(self) -> None:
         __tracebackhide__ = True
-        pool, size = self._dt_pool, self._dt_size
+        method = getattr(type(self), self._testMethodName)
+        if is_hypothesis_test(method):
+            run_examples(method, self, self._dt_dispatch_one)
+        else:
+            self._dt_dispatch_one(None)
+
+    def _dt_dispatch_one(self, example: Any) -> None:
+        """Run the test (or one hypothesis example of it) on the pool and raise its outcome."""
+        __tracebackhide__ = True
+        size = self._dt_size
+        pool = _pool.get_pool(type(self), size, functools.partial(_start_pool, type(self), size))
         settings = _config.load()
 
         def is_failure(handle: _launcher.RankHandle) -> bool:
@@ -149,7 +160,7 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
             return _outcomes.rank_failed(view(handle, with_output=False), None, False)
 
         try:
-            views, waited = pool.run(self._testMethodName, _timeout_seconds(type(self)), is_failure)
+            views, waited = pool.run(self._testMethodName, _timeout_seconds(type(self)), is_failure, example)
         except BaseException:
             _pool.discard(type(self), size)
             raise

@@ -228,9 +228,22 @@ def process_class(method: str, module: str) -> Any:
         return multiprocessing.get_context(method).Process  # type: ignore[attr-defined]
     context = multiprocessing.get_context("forkserver")
     # Takes effect when the server starts, at the first rank of the run.
-    context.set_forkserver_preload([*_PRELOAD, module])
+    context.set_forkserver_preload([*_PRELOAD, *_preload_test_module(module)])
     _register_multiprocessing_dir()
     return context.Process  # type: ignore[attr-defined]
+
+
+def _preload_test_module(module: str) -> list[str]:
+    """What the fork server imports for the test module (see _preload_main for ``__main__``)."""
+    if module != "__main__":
+        return [module]
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path:
+        return []
+    from distributed_testing._preload_main import MAIN_PATH_VARIABLE
+
+    os.environ[MAIN_PATH_VARIABLE] = os.path.abspath(path)  # read by the server at its start
+    return ["distributed_testing._preload_main"]
 
 
 def _register_multiprocessing_dir() -> None:

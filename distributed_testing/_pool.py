@@ -91,7 +91,7 @@ class RankPool:
         return problems
 
     def run(
-        self, test_name: str, timeout: float, is_failure: Callable[[RankHandle], bool]
+        self, test_name: str, timeout: float, is_failure: Callable[[RankHandle], bool], example: Any = None
     ) -> tuple[list[RankView], WaitOutcome]:
         """Run one test on every rank; return each rank's view and how waiting ended."""
         from distributed_testing._testcase import view
@@ -99,7 +99,7 @@ class RankPool:
         offsets = [_launcher.file_size(h.output_path) for h in self.handles]
         for handle in self.handles:
             handle.result, handle.finished_at, handle.stacks = None, None, ""
-            handle.conn.send(test_name)
+            handle.conn.send((test_name, example))
         waited = _launcher.wait_for_ranks(self.handles, timeout, is_failure, until_exit=False)
         if waited.timed_out:
             _launcher.collect_stacks(self.handles)
@@ -110,12 +110,22 @@ class RankPool:
         return views, waited
 
     def _fit_for_more(self) -> bool:
-        """Whether every rank answered, is alive, and the ranks stayed in step."""
+        """Whether every rank answered, is alive, and the ranks stayed in step.
+
+        In step: their default groups ran the same number of collectives, so no
+        rank is left with a half-done one. Where the backend does not count,
+        ranks that failed while others passed are taken as out of step.
+        """
         results = [h.result for h in self.handles]
         if any(r is None for r in results) or any(h.exitcode is not None for h in self.handles):
             return False
-        failed = {r.status == FAILED for r in results if r is not None}
-        return len(failed) == 1 and all(r.healthy for r in results if r is not None)
+        done = [r for r in results if r is not None]
+        if not all(r.healthy for r in done):
+            return False
+        sequences = {r.sequence for r in done}
+        if -1 not in sequences:
+            return len(sequences) == 1
+        return len({r.status == FAILED for r in done}) == 1
 
     def close(self) -> None:
         """Ask the ranks to leave, stop those that do not, and remove the pool's files."""

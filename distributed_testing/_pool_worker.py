@@ -8,6 +8,7 @@ and the parent rebuilds the pool.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import unittest
@@ -36,14 +37,15 @@ def pool_main(cls: Any, rank: int, world_size: int, file_name: str, conn: Any, c
     baseline = _Baseline()
     while True:
         try:
-            test_name = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             break
-        if test_name is STOP:
+        if message is STOP:
             break
+        test_name, _rank.current_example = message
         result = _run_one(cls, rank, world_size, test_name, ready)
         healthy = baseline.restore()
-        conn.send(_with_health(result, healthy))
+        conn.send(_with_health(result, healthy, _sequence()))
         _rank.flush()
     _leave()
 
@@ -89,12 +91,18 @@ def _noop() -> None:
     pass
 
 
-def _with_health(result: RankResult, healthy: bool) -> RankResult:
-    if healthy:
-        return result
-    return RankResult(
-        result.rank, result.pid, result.status, result.errors, result.reason, result.exit_code, result.duration, False
-    )
+def _with_health(result: RankResult, healthy: bool, sequence: int) -> RankResult:
+    return dataclasses.replace(result, healthy=healthy, sequence=sequence)
+
+
+def _sequence() -> int:
+    """How many collectives the default group has run: ranks in step agree on it."""
+    import torch.distributed as dist
+
+    try:
+        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())  # type: ignore[attr-defined]
+    except Exception:  # no group, or a backend that does not count
+        return -1
 
 
 class _Baseline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["EXITED", "FAILED", "PASSED", "SKIPPED", "ErrorInfo", "PoolReady", "RankContext", "RankResult"]
 
@@ -37,6 +38,7 @@ class RankResult:
     duration: float = 0.0
     healthy: bool = True  # a pool rank: still fit for the next test (default group intact)
     failed_at: float = 0.0  # time.monotonic() of the first error (system-wide on Linux)
+    sequence: int = -1  # a pool rank: collectives its default group has run (-1: unknown)
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,4 @@ class RankContext:
     test_id: str
     stack_signal: int
     extra_env: dict[str, str] = field(default_factory=dict)
+    example: Any = None  # hypothesis: the (args, kwargs) drawn in the parent

@@ -38,6 +38,7 @@ _sent = False
 _exit_code = 0  # set with the result: the code this rank's process leaves with
 _case_built: object = None  # the test case, once run_in_rank has it
 in_rank = False  # whether this process is a rank (set before any test code runs)
+current_example: Any = None  # hypothesis: the example the parent drew for this test
 
 
 def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, ctx: RankContext) -> None:
@@ -47,6 +48,8 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     pytest machinery and atexit handlers.
     """
     prepare_process(ctx)
+    global current_example
+    current_example = ctx.example
     try:
         cls._run(rank, test_name, file_name, conn)  # type: ignore[attr-defined]
     except SystemExit as exc:  # PyTorch-style _run overrides end with sys.exit
@@ -298,6 +301,11 @@ def run_in_rank(
     """
     global _case_built
     _case_built = case
+    if current_example is not None:  # the parent drew it: run the body on exactly that
+        from distributed_testing._examples import bind_example
+
+        name = case._testMethodName
+        setattr(case, name, bind_example(case, name, current_example))
     seed_all()
     collector = _Collector()
     case.setUp = _phase(collector, "setUp", set_up)  # type: ignore[method-assign]

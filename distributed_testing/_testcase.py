@@ -23,6 +23,7 @@ import expecttest
 from distributed_testing import _config, _devices, _janitor, _launcher, _outcomes, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
+from distributed_testing._examples import is_hypothesis_test, run_examples
 from distributed_testing._guards import guard_reason
 from distributed_testing._protocol import PASSED, RankContext
 from distributed_testing._world_sizes import expand_world_sizes
@@ -76,6 +77,9 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         self._dt_debug_rank: int | None = None  # run in this process (pdb works there)
         self._dt_debug_view: _outcomes.RankView | None = None
         self._dt_launch_key: str | None = None  # set in torchrun mode: this process is a rank
+        self._dt_examples = False  # a hypothesis test: ranks start once per drawn example
+        self._dt_example: Any = None
+        self._dt_run_dir: str | None = None  # per-example files, inside _dt_dir
         if hasattr(type(self), method_name):
             setattr(self, method_name, self.join_or_run(getattr(self, method_name)))
 
@@ -160,8 +164,25 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         if _config.launch_info() is not None:
             self._dt_join_launch()
             return
+        if is_hypothesis_test(self._dt_method()):
+            self._dt_examples = True  # ranks start per example, once hypothesis has drawn it
+            return
+        self._dt_start_ranks(settings)
+
+    def _dt_start_ranks(self, settings: _config.Settings) -> None:
         method = choose_start_method(_config.resolve_start_method(type(self).start_method, settings))
         self._start_processes(_launcher.process_class(method, type(self).__module__))
+
+    def _dt_run_example(self, fn: Any, example: Any) -> None:
+        """Run one hypothesis example on fresh ranks, in a fresh rendezvous."""
+        __tracebackhide__ = True
+        assert self._dt_dir is not None
+        self._dt_example = example
+        self._dt_run_dir = tempfile.mkdtemp(dir=self._dt_dir)
+        self.file_name = os.path.join(self._dt_run_dir, "rendezvous")
+        open(self.file_name, "w").close()
+        self._dt_start_ranks(_config.load())
+        self._dt_join_once(fn)
 
     def _dt_join_launch(self) -> None:
         """torchrun mode: this process is one rank; the test runs here, in place."""
@@ -208,11 +229,12 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
             if rank == self._dt_debug_rank:
                 continue
             ctx = RankContext(
-                output_path=os.path.join(self._dt_dir, f"rank{rank}.out"),
-                stacks_path=os.path.join(self._dt_dir, f"rank{rank}.stacks"),
+                output_path=os.path.join(self._dt_run_dir or self._dt_dir, f"rank{rank}.out"),
+                stacks_path=os.path.join(self._dt_run_dir or self._dt_dir, f"rank{rank}.stacks"),
                 test_id=self.id(),
                 stack_signal=int(_launcher.STACK_SIGNAL),
                 extra_env=rank_env,
+                example=self._dt_example,
             )
             args = (type(self), rank, self._current_test_name(), self.file_name)
             handle = _launcher.start_rank(proc, _rank.rank_main, args, rank, ctx)
@@ -226,6 +248,13 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
 
     def _join_processes(self, fn: Any) -> None:
         """Wait for every rank, then fold their results into this test's outcome."""
+        __tracebackhide__ = True
+        if self._dt_examples:
+            run_examples(self._dt_method(), self, functools.partial(self._dt_run_example, fn))
+            return
+        self._dt_join_once(fn)
+
+    def _dt_join_once(self, fn: Any) -> None:
         __tracebackhide__ = True
         if not self._dt_handles and type(self)._dt_spawns_in_setup:
             if self._dt_dir is None:
