@@ -28,6 +28,7 @@ _EXPORTS = {
     "ShardedTensorTestBase": "_comms",
     "TEST_SKIPS": "_skips",
     "TestSkip": "_skips",
+    "assert_same_on_all_ranks": "_assertions",
     "requires_gloo": "_guards",
     "requires_mpi": "_guards",
     "requires_nccl": "_guards",
@@ -58,6 +59,7 @@ __all__ = [
     "RankFailure",
     "ShardedTensorTestBase",
     "TestSkip",
+    "assert_same_on_all_ranks",
     "requires_gloo",
     "requires_mpi",
     "requires_nccl",
@@ -91,6 +93,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from distributed_testing._assertions import assert_same_on_all_ranks
     from distributed_testing._backend_case import DistBackendTestCase
     from distributed_testing._comms import DTensorTestBase, ShardedTensorTestBase, with_comms
     from distributed_testing._continuous import MultiProcContinuousTest

@@ -6,15 +6,15 @@ against plain numbers; suites moving over rely on that.
 
 from __future__ import annotations
 
-import unittest
 from collections.abc import Mapping
 from typing import Any
 
+import expecttest
 import torch
 
 __unittest = True
 
-__all__ = ["TensorAssertions", "assert_tensors_equal", "involves_tensor"]
+__all__ = ["TensorAssertions", "assert_same_on_all_ranks", "assert_tensors_equal", "involves_tensor"]
 
 
 def involves_tensor(value: Any) -> bool:
@@ -69,7 +69,7 @@ def assert_tensors_equal(
         raise AssertionError(f"{exc}\n{msg}" if msg else str(exc)) from None
 
 
-class TensorAssertions(unittest.TestCase):
+class TensorAssertions(expecttest.TestCase):
     """assertEqual and assertNotEqual that understand tensors, for the base classes."""
 
     def assertEqual(  # noqa: N802
@@ -101,3 +101,96 @@ class TensorAssertions(unittest.TestCase):
         except AssertionError:
             return
         raise self.failureException(msg or f"{first!r} == {second!r}")
+
+    def assertEqualOnRank(self, first: Any, second: Any, msg: Any = None, *, rank: int = 0, **kwargs: Any) -> None:  # noqa: N802
+        """assertEqual, checked only on ``rank`` (PyTorch's name)."""
+        if getattr(self, "rank", None) == rank:
+            self.assertEqual(first, second, msg, **kwargs)
+
+    def assertNotEqualOnRank(self, first: Any, second: Any, msg: Any = None, *, rank: int = 0) -> None:  # noqa: N802
+        """assertNotEqual, checked only on ``rank``."""
+        if getattr(self, "rank", None) == rank:
+            self.assertNotEqual(first, second, msg)
+
+    def assertSameOnAllRanks(self, value: Any, group: Any = None, msg: str | None = None) -> None:  # noqa: N802
+        """Every rank holds the same ``value``: see :func:`assert_same_on_all_ranks`."""
+        assert_same_on_all_ranks(value, group, msg)
+
+    def assertExpectedInline(self, actual: str, expect: str, skip: int = 0) -> None:  # noqa: N802
+        """expecttest's check, made safe for ranks.
+
+        In a rank the value is also recorded, so the parent can tell when ranks
+        disagree; with EXPECTTEST_ACCEPT=1 ranks do not write the file: the
+        parent accepts once, for all of them.
+        """
+        from distributed_testing import _expect
+
+        if not _expect.record(self, actual, expect, skip + 1):
+            super().assertExpectedInline(actual, expect, skip=skip + 1)
+
+
+def assert_same_on_all_ranks(value: Any, group: Any = None, msg: str | None = None) -> None:
+    """Raise AssertionError unless every rank of ``group`` holds the same ``value``.
+
+    Tensors, nested lists/dicts of them and picklable Python objects. A
+    mismatch names the ranks that differ from rank 0 and shows each one's
+    value; for tensors, the first index where they differ.
+    """
+    import torch.distributed as dist
+
+    size = dist.get_world_size(group)
+    gathered: list[Any] = [None] * size
+    dist.all_gather_object(gathered, _to_cpu(value), group=group)
+    reference = gathered[0]
+    differing = [rank for rank in range(1, size) if not _same(gathered[rank], reference)]
+    if differing:
+        raise AssertionError(_difference_report(gathered, differing, msg))
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b) or _nan_equal(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _nan_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(a.is_floating_point() and torch.equal(a.nan_to_num(0.123456), b.nan_to_num(0.123456)))
+
+
+def _difference_report(values: list[Any], differing: list[int], msg: str | None) -> str:
+    who = f"rank {differing[0]} differs" if len(differing) == 1 else f"ranks {', '.join(map(str, differing))} differ"
+    lines = [f"{who} from rank 0 (of {len(values)} ranks)"]
+    for rank in [0, *differing]:
+        lines.append(f"  rank {rank}: {_describe(values[rank], values[0] if rank else None)}")
+    if msg:
+        lines.append(msg)
+    return "\n".join(lines)
+
+
+def _describe(value: Any, reference: Any) -> str:
+    if isinstance(value, torch.Tensor) and isinstance(reference, torch.Tensor):
+        if value.shape != reference.shape or value.dtype != reference.dtype:
+            return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+        index = tuple(int(i) for i in (value != reference).nonzero()[0]) if value.numel() else ()
+        return f"first differs at index {index}: {value[index].item()!r} (rank 0: {reference[index].item()!r})"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + " [...]"

@@ -175,7 +175,7 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
             first_failure=waited.first_failure,
             rerun=rerun_command(self, settings, size),
         )
-        raise_outcome(self, outcome, waited.timed_out)
+        raise_outcome(self, outcome, waited.timed_out, views)
 
 
 def pool_world_size(cls: type, method: Any) -> int:

@@ -39,6 +39,7 @@ class RankResult:
     healthy: bool = True  # a pool rank: still fit for the next test (default group intact)
     failed_at: float = 0.0  # time.monotonic() of the first error (system-wide on Linux)
     sequence: int = -1  # a pool rank: collectives its default group has run (-1: unknown)
+    expectations: tuple[tuple[str, int, str, str], ...] = ()  # assertExpectedInline: file, line, actual, expect
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the runner or the parent-side launcher.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import faulthandler
 import os
 import random
@@ -39,6 +40,7 @@ _exit_code = 0  # set with the result: the code this rank's process leaves with
 _case_built: object = None  # the test case, once run_in_rank has it
 in_rank = False  # whether this process is a rank (set before any test code runs)
 current_example: Any = None  # hypothesis: the example the parent drew for this test
+expectations: list[tuple[str, int, str, str]] = []  # assertExpectedInline calls of the running test
 
 
 def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, ctx: RankContext) -> None:
@@ -301,6 +303,7 @@ def run_in_rank(
     """
     global _case_built
     _case_built = case
+    expectations.clear()
     if current_example is not None:  # the parent drew it: run the body on exactly that
         from distributed_testing._examples import bind_example
 
@@ -318,7 +321,11 @@ def run_in_rank(
     case.tearDown = _phase(collector, "tearDown", tear_down_knowing_the_outcome)  # type: ignore[method-assign]
     start = time.monotonic()
     unittest.TestCase.run(case, collector)
-    duration = time.monotonic() - start
+    result = _result_of(collector, rank, time.monotonic() - start)
+    return dataclasses.replace(result, expectations=tuple(expectations))
+
+
+def _result_of(collector: _Collector, rank: int, duration: float) -> RankResult:
     pid = os.getpid()
     if collector.error_infos:
         errors = tuple(collector.error_infos)

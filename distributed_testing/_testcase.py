@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import expecttest
 
-from distributed_testing import _config, _devices, _janitor, _launcher, _outcomes, _rank
+from distributed_testing import _config, _devices, _expect, _janitor, _launcher, _outcomes, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
 from distributed_testing._examples import is_hypothesis_test, run_examples
@@ -348,7 +348,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         )
         if settings.show_output:
             _print_outputs(views)
-        raise_outcome(self, outcome, waited.timed_out)
+        raise_outcome(self, outcome, waited.timed_out, views)
 
     # -- the rank side --------------------------------------------------------
 
@@ -437,9 +437,23 @@ def _destroy_default_group() -> None:
             pass
 
 
-def raise_outcome(case: unittest.TestCase, outcome: _outcomes.Outcome, timed_out: bool) -> None:
-    """Turn a folded outcome into what unittest expects: return, skip, fail or error."""
+def raise_outcome(
+    case: unittest.TestCase,
+    outcome: _outcomes.Outcome,
+    timed_out: bool,
+    views: list[_outcomes.RankView] | None = None,
+) -> None:
+    """Turn a folded outcome into what unittest expects: return, skip, fail or error.
+
+    With the ranks' ``views``, their assertExpectedInline values are compared
+    (and, with EXPECTTEST_ACCEPT=1, accepted once, here).
+    """
     __tracebackhide__ = True
+    disagreement = _expect.settle(views, case.id()) if views else ""
+    if disagreement and outcome.kind in (_outcomes.PASS, _outcomes.SKIP):
+        outcome = _outcomes.Outcome(_outcomes.FAIL, disagreement)
+    elif disagreement:
+        outcome = _outcomes.Outcome(outcome.kind, f"{outcome.message}\n\n{disagreement}", outcome.failed_ranks)
     if outcome.kind == _outcomes.SKIP:
         raise unittest.SkipTest(outcome.message)
     if outcome.kind == _outcomes.FAIL:

@@ -23,6 +23,7 @@ PUBLIC_NAMES = [
     "ShardedTensorTestBase",
     "TEST_SKIPS",
     "TestSkip",
+    "assert_same_on_all_ranks",
     "requires_gloo",
     "requires_mpi",
     "requires_nccl",
