@@ -43,6 +43,16 @@ class TestPool(MultiProcContinuousTest):
         if self.rank == 1:
             raise KeyError("only rank 1")
 
+    def test_05b_after_raise_in_step(self):
+        dist.barrier()
+        record("after-raise-in-step")
+
+    def test_05c_raise_out_of_step(self):
+        if self.rank == 0:
+            dist.isend(torch.ones(1), 1)  # never received: rank 0 is one collective ahead
+        else:
+            raise KeyError("rank 1 leaves before its recv")
+
     def test_06_after_one_raise(self):
         dist.barrier()
         record("after-one-raise")
@@ -150,6 +160,8 @@ def test_outcomes_of_every_test(pool):
         "TestPool.test_03_raise_on_every_rank": "ERROR",
         "TestPool.test_04_after_raise": "ok",
         "TestPool.test_05_raise_on_one_rank": "ERROR",
+        "TestPool.test_05b_after_raise_in_step": "ok",
+        "TestPool.test_05c_raise_out_of_step": "ERROR",
         "TestPool.test_06_after_one_raise": "ok",
         "TestPool.test_07_os_exit": "ERROR",
         "TestPool.test_08_after_exit": "ok",
@@ -180,9 +192,15 @@ def test_a_raise_on_every_rank_keeps_the_pool(pool):
     assert _pids(pool, "after-raise") == _pids(pool, "first")
 
 
-def test_a_raise_on_one_rank_rebuilds_the_pool(pool):
+def test_a_raise_on_one_rank_with_ranks_in_step_keeps_the_pool(pool):
     assert "rank 1 of 2 failed: KeyError: 'only rank 1'" in reports(pool[0].output)["TestPool.test_05_raise_on_one_rank"]
-    assert set(_pids(pool, "after-one-raise")).isdisjoint(_pids(pool, "after-raise"))
+    assert _pids(pool, "after-raise-in-step") == _pids(pool, "after-raise")
+
+
+def test_ranks_out_of_step_rebuild_the_pool(pool):
+    report = reports(pool[0].output)["TestPool.test_05c_raise_out_of_step"]
+    assert "rank 1 of 2 failed: KeyError: 'rank 1 leaves before its recv'" in report
+    assert set(_pids(pool, "after-one-raise")).isdisjoint(_pids(pool, "after-raise-in-step"))
 
 
 def test_an_exit_fails_that_test_and_the_next_runs_on_a_new_pool(pool):
