@@ -8,12 +8,13 @@ names the variable, the value, what is allowed and an example command.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from distributed_testing import _devices
@@ -374,3 +375,18 @@ def resolve_timeout(class_value: object, settings: Settings) -> float:
 def running_under_pytest() -> bool:
     """Whether a pytest session is running this test (for the re-run hint)."""
     return "_pytest" in sys.modules and bool(os.environ.get("PYTEST_CURRENT_TEST"))
+
+
+@contextlib.contextmanager
+def environ_set(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for a block, then put back what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

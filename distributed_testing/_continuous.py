@@ -18,10 +18,9 @@ import expecttest
 
 from distributed_testing import _config, _devices, _launcher, _outcomes, _pool, _rank
 from distributed_testing._assertions import TensorAssertions
-from distributed_testing._errors import ConfigError
 from distributed_testing._examples import is_hypothesis_test, run_examples
 from distributed_testing._guards import guard_reason
-from distributed_testing._testcase import choose_start_method, no_such_test, raise_outcome, rerun_command
+from distributed_testing._testcase import checked_method_name, choose_start_method, raise_outcome, rerun_command
 from distributed_testing._world_sizes import declared_world_size, expand_world_sizes
 
 __unittest = True
@@ -54,11 +53,7 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
         expand_world_sizes(cls)
 
     def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
-        if methodName != "runTest":
-            method_name = methodName
-        expand_world_sizes(type(self))  # marks applied after the class was made
-        if method_name != "runTest" and not hasattr(type(self), method_name):
-            raise ConfigError(no_such_test(type(self), method_name), "test name", method_name)
+        method_name = checked_method_name(type(self), method_name, methodName)
         super().__init__(method_name)
         if hasattr(type(self), method_name):
             setattr(self, method_name, self._worker_run_main_wait(getattr(self, method_name)))

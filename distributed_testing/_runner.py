@@ -119,16 +119,10 @@ def _environment(settings: _config.Settings) -> Iterator[str]:
     temp_dir = settings.temp_dir or private or ""
     for sub in ("barrier", "test_dir"):  # what PyTorch's suites expect in TEMP_DIR
         os.makedirs(os.path.join(temp_dir, sub), exist_ok=True)
-    saved = {name: os.environ.get(name) for name in defaults}
-    os.environ.update(defaults)
     try:
-        yield _defaults_note(defaults, settings, private is not None)
+        with _config.environ_set(defaults):
+            yield _defaults_note(defaults, settings, private is not None)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
             _janitor.unregister(private)

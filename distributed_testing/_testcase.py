@@ -60,11 +60,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         expand_world_sizes(cls)
 
     def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
-        if methodName != "runTest":
-            method_name = methodName
-        expand_world_sizes(type(self))  # marks applied after the class was made
-        if method_name != "runTest" and not hasattr(type(self), method_name):
-            raise ConfigError(no_such_test(type(self), method_name), "test name", method_name)
+        method_name = checked_method_name(type(self), method_name, methodName)
         super().__init__(method_name)
         self.rank = self.MAIN_PROCESS_RANK
         self.file_name = ""
@@ -302,18 +298,10 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         """Run one rank of this test in this process, so breakpoint() and pdb work in it."""
         case = type(self)(self._testMethodName)
         case.rank, case.file_name = rank, self.file_name
-        saved = {name: os.environ.get(name) for name in self._dt_rank_env}
-        os.environ.update(self._dt_rank_env)
-        try:
+        with _config.environ_set(self._dt_rank_env):
             result = _rank.run_in_rank(case, rank, case._rank_setup, case._rank_teardown)
             if case.destroy_pg_upon_exit:
                 _destroy_default_group()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         code = 0 if result.status == PASSED else result.exit_code
         return _outcomes.RankView(rank, os.getpid(), result, code)
 
@@ -521,6 +509,15 @@ def choose_start_method(method: str) -> str:
             stacklevel=3,
         )
     return "spawn"
+
+
+def checked_method_name(cls: type, method_name: str, methodName: str) -> str:  # noqa: N803
+    """The test method to build, under either of PyTorch's argument names; it must exist."""
+    name = methodName if methodName != "runTest" else method_name
+    expand_world_sizes(cls)  # marks applied after the class was made
+    if name != "runTest" and not hasattr(cls, name):
+        raise ConfigError(no_such_test(cls, name), "test name", name)
+    return name
 
 
 def no_such_test(cls: type, name: str) -> str:
