@@ -235,15 +235,15 @@ def process_class(method: str, module: str) -> Any:
 
 def _preload_test_module(module: str) -> list[str]:
     """What the fork server imports for the test module (see _preload_main for ``__main__``)."""
+    last = "distributed_testing._preload_main"
     if module != "__main__":
-        return [module]
+        return [module, last]
     path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not path:
-        return []
-    from distributed_testing._preload_main import MAIN_PATH_VARIABLE
+    if path:
+        from distributed_testing._preload_main import MAIN_PATH_VARIABLE
 
-    os.environ[MAIN_PATH_VARIABLE] = os.path.abspath(path)  # read by the server at its start
-    return ["distributed_testing._preload_main"]
+        os.environ[MAIN_PATH_VARIABLE] = os.path.abspath(path)  # read by the server at its start
+    return [last]
 
 
 def _register_multiprocessing_dir() -> None:

@@ -9,6 +9,7 @@ and the parent rebuilds the pool.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sys
 import unittest
@@ -33,6 +34,7 @@ def pool_main(cls: Any, rank: int, world_size: int, file_name: str, conn: Any, c
     cls.rank = rank
     cls.world_size = world_size
     ready = _init(cls, rank, world_size, file_name)
+    gc.freeze()  # the process group and torch live as long as the pool: never scan them
     conn.send(ready)
     baseline = _Baseline()
     while True:

@@ -1,4 +1,4 @@
-"""Imported by the fork server before it forks any rank: import the test file run as ``__main__``.
+"""Imported last by the fork server: the test file run as ``__main__``, then ``gc.freeze()``.
 
 multiprocessing's own ``set_forkserver_preload(["__main__"])`` never passes
 the main path to the server (CPython 3.11 looks for a key its preparation
@@ -8,6 +8,7 @@ whatever it imports. The parent names the file in an environment variable.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from multiprocessing import process, spawn
@@ -21,3 +22,7 @@ if _path and getattr(sys.modules["__main__"], "__file__", None) != _path:
         spawn.import_main_path(_path)
     finally:
         del process.current_process()._inheriting  # type: ignore[attr-defined]
+
+# Everything imported so far lives as long as the server: keep the collector
+# off it, so ranks neither pause to scan torch's objects nor copy their pages.
+gc.freeze()

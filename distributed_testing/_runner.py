@@ -9,6 +9,7 @@ argument handling, and turns the run into an exit code: 0 all passed,
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -170,6 +171,7 @@ class _Program(unittest.TestProgram):
             self.result = None  # type: ignore[assignment]
             self.empty_reason = _empty_reason(self.module, getattr(self, "testNamePatterns", None))
             return
+        gc.freeze()  # torch and the test module stay for the run: no full-collection pauses on them
         super().runTests()
 
 
