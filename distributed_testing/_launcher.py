@@ -120,10 +120,12 @@ def wait_for_ranks(
     return WaitOutcome(timed_out, elapsed, first_failure)
 
 
-def _failure_time(handle: RankHandle) -> float:
+def _failure_time(handle: RankHandle) -> tuple[int, float]:
+    """Order failures: deaths without a result first (the parent notices them late, and
+    their peers' errors are usually their consequences), then by when each rank failed."""
     if handle.result is not None and handle.result.failed_at:
-        return handle.result.failed_at
-    return handle.finished_at or 0.0
+        return (1, handle.result.failed_at)
+    return (0 if handle.result is None else 1, handle.finished_at or 0.0)
 
 
 def collect_stacks(ranks: list[RankHandle]) -> None:
