@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", help=f"sets {_config.ENV_TIMEOUT}")
     parser.add_argument("--debug-rank", help=f"sets {_config.ENV_DEBUG_RANK}")
     parser.add_argument("--strict-env", action="store_true", help="missing BACKEND, WORLD_SIZE or TEMP_DIR is an error")
+    parser.add_argument(
+        "--torch-compat",
+        action="store_true",
+        help="run a suite written for torch.testing._internal.common_distributed unmodified: its "
+        "MultiProcessTestCase, DistributedTestBase, MultiProcContinuousTest, TEST_SKIPS, skip guards and "
+        "common_utils.run_tests become this library's (see distributed_testing.torch_compat)",
+    )
     parser.add_argument("file", help="the test file to run")
     parser.add_argument("unittest_args", nargs=argparse.REMAINDER, help="passed to unittest: -v, -k, -f, names")
     return parser
@@ -88,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     os.environ.update(env)
+    if args.torch_compat:
+        from distributed_testing import torch_compat
+
+        torch_compat.install(subprocesses=True)  # before the file imports from PyTorch; ranks too
     extra = ["--strict-env"] if args.strict_env else []
     return _run_file(path, [path, *args.unittest_args, *extra])
 

@@ -44,7 +44,7 @@ PUBLIC_NAMES = [
 
 # Submodules users may import by name (DESIGN.md plans ``torch_compat``); every
 # other module is private and starts with ``_``.
-PUBLIC_MODULES: set[str] = set()
+PUBLIC_MODULES: set[str] = {"torch_compat"}
 
 
 def test_all_is_frozen() -> None:
