@@ -73,6 +73,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         self._dt_debug_rank: int | None = None  # run in this process (pdb works there)
         self._dt_debug_view: _outcomes.RankView | None = None
         self._dt_launch_key: str | None = None  # set in torchrun mode: this process is a rank
+        self._dt_skip_reason: str | None = None  # a guard said skip: raised when the test runs
         self._dt_examples = False  # a hypothesis test: ranks start once per drawn example
         self._dt_example: Any = None
         self._dt_run_dir: str | None = None  # per-example files, inside _dt_dir
@@ -156,7 +157,10 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         settings = _config.load()
         reason = guard_reason(self, self._dt_method())
         if reason is not None:
-            raise unittest.SkipTest(reason)
+            # Skip when the test runs, not from setUp, so the class's tearDown still
+            # cleans up what its setUp made; no rank is started either way.
+            self._dt_skip_reason = reason
+            return
         if _config.launch_info() is not None:
             self._dt_join_launch()
             return
@@ -245,6 +249,8 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
     def _join_processes(self, fn: Any) -> None:
         """Wait for every rank, then fold their results into this test's outcome."""
         __tracebackhide__ = True
+        if self._dt_skip_reason is not None:
+            raise unittest.SkipTest(self._dt_skip_reason)
         if self._dt_examples:
             run_examples(self._dt_method(), self, functools.partial(self._dt_run_example, fn))
             return
