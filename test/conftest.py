@@ -36,6 +36,7 @@ _CONFIG_VARS = (
     "DISTRIBUTED_TESTING_SHOW_OUTPUT",
     "PYTEST_CURRENT_TEST",
     "PYTEST_ADDOPTS",
+    "CI",  # PyTorch's runner changes behaviour on CI (XML reports needing xmlrunner)
 )
 
 

@@ -149,8 +149,7 @@ def test_python_m_torch_compat_runs_an_unmodified_file(runner):
 def test_pytorch_framework_passes_a_test_whose_rank_1_dies(runner):
     """The one outcome README documents as different: PyTorch reads rank 0's exit code only."""
     path = runner.write(PYTORCH_STYLE, header=False)
-    # CI=0: on CI, PyTorch's own runner writes XML reports and needs xmlrunner.
-    run = runner.run(str(path), "-v", "TestCompat.test_rank_1_dies", CI="0")
+    run = runner.run(str(path), "-v", "TestCompat.test_rank_1_dies")
     assert run.returncode == 0, run.output
     # (PyTorch's log lines come between the test's name and its "ok")
     assert "Ran 1 test" in run.output and run.output.rstrip().endswith("OK"), run.output
