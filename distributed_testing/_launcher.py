@@ -8,6 +8,7 @@ SIGKILL. At the deadline every live rank is asked for its stacks first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -144,7 +145,7 @@ def collect_stacks(ranks: list[RankHandle]) -> None:
         # written and has stopped growing.
         previous = -1
         while time.monotonic() < deadline:
-            size = _size(handle.stacks_path)
+            size = file_size(handle.stacks_path)
             if size > 0 and size == previous:
                 break
             previous = size
@@ -154,10 +155,6 @@ def collect_stacks(ranks: list[RankHandle]) -> None:
 
 def file_size(path: str) -> int:
     """The size of ``path`` in bytes, 0 if it does not exist."""
-    return _size(path)
-
-
-def _size(path: str) -> int:
     try:
         return os.path.getsize(path)
     except OSError:
@@ -248,8 +245,12 @@ def _preload_test_module(module: str) -> list[str]:
     return [last]
 
 
+@functools.cache
 def _register_multiprocessing_dir() -> None:
-    """multiprocessing keeps the fork server's socket in a temp dir it removes at exit only."""
+    """multiprocessing keeps the fork server's socket in a temp dir it removes at exit only.
+
+    Once per process: the directory does not change, so later tests need not tell the janitor again.
+    """
     from multiprocessing import util
 
     from distributed_testing import _janitor

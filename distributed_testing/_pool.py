@@ -20,7 +20,7 @@ from typing import Any
 from distributed_testing import _janitor, _launcher, _pool_worker
 from distributed_testing._errors import RankFailure
 from distributed_testing._launcher import RankHandle, WaitOutcome
-from distributed_testing._outcomes import RankView, rank_list
+from distributed_testing._outcomes import RankView
 from distributed_testing._protocol import FAILED, PoolReady, RankContext
 
 __unittest = True
@@ -144,8 +144,6 @@ class RankPool:
         shutil.rmtree(self.dir, ignore_errors=True)
         _janitor.unregister(self.dir)
 
-    def describe(self) -> str:
-        return f"{self.cls.__name__} pool (ranks {rank_list(range(self.world_size))}, pids {self.pids})"
 
 
 def _ready_of(handle: RankHandle) -> PoolReady | None:
@@ -193,7 +191,3 @@ def close_pools(cls: type | None = None) -> None:
 
 atexit.register(close_pools)
 
-
-def pool_of(cls: type, world_size: int) -> Any:
-    """The pool registered for ``cls`` at ``world_size``, if any (for tests and tools)."""
-    return _pools.get((cls, world_size))
