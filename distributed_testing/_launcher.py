@@ -8,7 +8,6 @@ SIGKILL. At the deadline every live rank is asked for its stacks first.
 from __future__ import annotations
 
 import contextlib
-import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from distributed_testing import _forkserver
 from distributed_testing._protocol import RankContext, RankResult
 
 __unittest = True
@@ -178,6 +178,15 @@ def stop_ranks(ranks: list[RankHandle]) -> None:
         handle.receive()
 
 
+def teach_server(ranks: list[RankHandle]) -> None:
+    """Let the fork server import what these forked ranks imported while testing."""
+    for handle in ranks:
+        if isinstance(handle.process, _forkserver.ForkedProcess) and handle.result is not None:
+            if handle.result.imported:
+                _forkserver.learn(handle.result.imported)
+            return
+
+
 def close(ranks: list[RankHandle]) -> None:
     """Release the pipes and process handles of finished ranks."""
     for handle in ranks:
@@ -211,51 +220,18 @@ def _read_text(path: str, offset: int = 0) -> str:
         return ""
 
 
-# What the fork server imports before it forks anything: ranks start warm.
-_PRELOAD = ["torch", "torch.distributed", "distributed_testing._rank", "distributed_testing._testcase"]
-
-
 def process_class(method: str, module: str) -> Any:
     """The Process class for a start method.
 
-    ``fork`` forks each rank from a fork server: a fresh interpreter that has
-    imported torch and the test ``module`` and has run nothing else. Forking
-    the test process itself would copy whatever it did before (CUDA, an
-    OpenMP thread pool whose threads a child does not get: a hang).
+    ``fork`` forks each rank from the warm fork server of ``_forkserver`` (a
+    zygote of the test process, or a fresh interpreter, that has imported
+    torch and the test ``module``). Forking the test process itself at each
+    test would copy whatever it did before (CUDA, an OpenMP thread pool whose
+    threads a child does not get: a hang).
     """
     if method != "fork":
         return multiprocessing.get_context(method).Process  # type: ignore[attr-defined]
-    context = multiprocessing.get_context("forkserver")
-    # Takes effect when the server starts, at the first rank of the run.
-    context.set_forkserver_preload([*_PRELOAD, *_preload_test_module(module)])
-    _register_multiprocessing_dir()
-    return context.Process  # type: ignore[attr-defined]
-
-
-def _preload_test_module(module: str) -> list[str]:
-    """What the fork server imports for the test module (see _preload_main for ``__main__``)."""
-    last = "distributed_testing._preload_main"
-    if module != "__main__":
-        return [module, last]
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if path:
-        from distributed_testing._preload_main import MAIN_PATH_VARIABLE
-
-        os.environ[MAIN_PATH_VARIABLE] = os.path.abspath(path)  # read by the server at its start
-    return [last]
-
-
-@functools.cache
-def _register_multiprocessing_dir() -> None:
-    """multiprocessing keeps the fork server's socket in a temp dir it removes at exit only.
-
-    Once per process: the directory does not change, so later tests need not tell the janitor again.
-    """
-    from multiprocessing import util
-
-    from distributed_testing import _janitor
-
-    _janitor.register(util.get_temp_dir())
+    return _forkserver.process_class(module)
 
 
 @contextlib.contextmanager
@@ -289,6 +265,8 @@ def start_rank(
     """
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
     process = proc(target=target, name=f"rank {rank}", args=(*args, child_conn, ctx))
+    if isinstance(process, _forkserver.ForkedProcess):
+        process.output = ctx.output_path  # captured from the rank's first instruction
     if getattr(process, "_start_method", None) == "spawn":
         # A spawned rank imports the test file before it can capture its own
         # output: hand it the rank's file as stdout/stderr from the start.

@@ -40,6 +40,7 @@ class RankResult:
     failed_at: float = 0.0  # time.monotonic() of the first error (system-wide on Linux)
     sequence: int = -1  # a pool rank: collectives its default group has run (-1: unknown)
     expectations: tuple[tuple[str, int, str, str], ...] = ()  # assertExpectedInline: file, line, actual, expect
+    imported: tuple[str, ...] = ()  # a forked rank: modules it imported that its fork server had not
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,15 @@ def pytest_pycollect_makeitem(collector: Any, name: str, obj: Any) -> None:
         raise pytest.UsageError(f"{obj.__qualname__}: {exc}") from None
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fork the ranks' server now, when every test module is imported and no test has run."""
+    classes = {getattr(item, "cls", None) for item in session.items} - {None}
+    if any(isinstance(cls, type) and _is_ours(cls) for cls in classes):
+        from distributed_testing import _forkserver
+
+        _forkserver.prepare_for(c for c in classes if isinstance(c, type))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Show a rank failure as its report alone: the ranks' tracebacks, not the framework's."""

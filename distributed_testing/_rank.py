@@ -41,6 +41,7 @@ _case_built: object = None  # the test case, once run_in_rank has it
 in_rank = False  # whether this process is a rank (set before any test code runs)
 current_example: Any = None  # hypothesis: the example the parent drew for this test
 expectations: list[tuple[str, int, str, str]] = []  # assertExpectedInline calls of the running test
+modules_at_start: frozenset[str] | None = None  # a forked rank: what the fork server had imported
 
 
 def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, ctx: RankContext) -> None:
@@ -70,7 +71,6 @@ def prepare_process(ctx: RankContext) -> None:
     """Make this process a rank: tied to its parent, output captured, stacks on demand."""
     global in_rank
     in_rank = True
-    _release_fork_server()
     _die_with_parent()
     _redirect_output(ctx.output_path)
     _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
@@ -112,26 +112,11 @@ def _stop_children() -> None:
 
 
 
-def _release_fork_server() -> None:
-    """Close the fork server's keep-alive pipe, which multiprocessing hands to
-    every child it forks: while a rank held it, a SIGKILLed test process would
-    leave the server (and so its ranks) running forever."""
-    server = sys.modules.get("multiprocessing.forkserver")
-    state = getattr(server, "_forkserver", None)
-    fd = getattr(state, "_forkserver_alive_fd", None)
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        state._forkserver_alive_fd = None  # type: ignore[union-attr]
-
-
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this rank when its parent dies, even by SIGKILL.
 
-    The parent is the test process (spawn) or the fork server, which exits as
-    soon as the test process is gone.
+    The parent is the test process (spawn) or the fork server, which dies
+    with the test process.
     """
     parent_pid = os.getppid()
     if sys.platform.startswith("linux"):
@@ -193,10 +178,22 @@ def send_result(conn: Any, result: RankResult) -> None:
         return
     _sent = True
     _exit_code = result.exit_code
+    if modules_at_start is not None:
+        result = dataclasses.replace(result, imported=imported_since_fork())
     try:
         conn.send(result)
     except (OSError, ValueError):  # the parent is gone or stopped listening
         pass
+
+
+def imported_since_fork() -> tuple[str, ...]:
+    """Modules this rank imported that its fork server had not: the server can learn them."""
+    assert modules_at_start is not None
+    return tuple(
+        name
+        for name, module in list(sys.modules.items())
+        if name not in modules_at_start and getattr(getattr(module, "__spec__", None), "name", None) == name
+    )
 
 
 class _Collector(unittest.TestResult):

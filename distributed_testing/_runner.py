@@ -172,6 +172,9 @@ class _Program(unittest.TestProgram):
             self.empty_reason = _empty_reason(self.module, getattr(self, "testNamePatterns", None))
             return
         gc.freeze()  # torch and the test module stay for the run: no full-collection pauses on them
+        from distributed_testing import _forkserver
+
+        _forkserver.prepare_for(type(test) for test in tests)
         super().runTests()
 
 

@@ -285,6 +285,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
             if waited.timed_out:
                 _launcher.collect_stacks(self._dt_handles)
             _launcher.stop_ranks(self._dt_handles)
+            _launcher.teach_server(self._dt_handles)
             self._dt_waited = waited
             self._dt_timeout = timeout
             self._check_return_codes(fn, waited.elapsed)

@@ -80,8 +80,6 @@ REPLACED: tuple[str, ...] = (*_CLASSES, "TEST_SKIPS", "TestSkip", *_GUARDS)
 # from the warm fork server has the value of the test that started the server.
 # (module, global, variable, default)
 _IMPORT_TIME_ENV = (("torch.testing._internal.distributed.distributed_test", "INIT_METHOD", "INIT_METHOD", "env://"),)
-# Variables the engine sets for each rank itself (the test's real world size and backend).
-_ENGINE_VARIABLES = ("WORLD_SIZE", "BACKEND")
 # PyTorch's runner modes our runner does not have: run_tests() hands these to PyTorch's.
 _PYTORCH_RUNNER_MODES = (
     "TEST_IN_SUBPROCESS",
@@ -196,13 +194,6 @@ def _build_classes() -> dict[str, type]:
             """PyTorch's: ``requires_world_size(n)``, else 4 (``WORLD_SIZE`` is not read)."""
             required = getattr(self._dt_method(), "_required_world_size", None)
             return int(required or DEFAULT_WORLD_SIZE)
-
-        def _rank_env(self) -> dict[str, str]:
-            # A spawned rank inherits the parent's environment as it is now, and
-            # PyTorch's suites rely on that (TestDistBackend.setUp exports a fresh
-            # TEMP_DIR per test, rpc's SpawnHelper a MASTER_PORT): forked ranks get it too.
-            env = {k: v for k, v in os.environ.items() if k not in _ENGINE_VARIABLES}
-            return {**env, **super()._rank_env()}
 
         def _rank_setup(self) -> None:
             _refresh_import_time_env()

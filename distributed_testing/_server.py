@@ -1,0 +1,489 @@
+"""The fork server's side: a warm process that forks rank processes on request and learns.
+
+It is either a zygote (forked from the test process before any test ran) or a
+fresh interpreter; either way it has imported torch and the test modules and
+has run nothing else. It keeps no thread, never initialises CUDA, and refuses
+(and reports) any preload that would break that. Each rank it forks first
+sends its output to the rank's log, then takes the parent's environment,
+working directory, ``sys.path`` and umask as they are when its test starts,
+and only then unpickles and runs its target.
+
+The parent talks to it over one socket pair (no file on disk), in
+length-prefixed pickles; file descriptors travel with ``SCM_RIGHTS``.
+Imports nothing heavy itself: the preloads are what it imports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["BASE_PRELOAD", "recv_message", "send_message", "serve", "thread_count"]
+
+# What every server imports before it forks anything.
+BASE_PRELOAD = ("torch", "torch.distributed", "distributed_testing._rank", "distributed_testing._testcase")
+PROBE_WAIT = 5.0  # seconds a probe of torch's parallel ops may take before the server is refused
+_HEADER = struct.Struct("!I")
+_MAX_FDS = 8
+_PR_SET_PDEATHSIG = 1
+# Modules that are the process's entry point or the server itself: never learned.
+_NEVER = frozenset({"__mp_main__", "distributed_testing._server", "distributed_testing.__main__"})
+
+
+# -- messages ------------------------------------------------------------------
+
+
+def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:
+    """Send one pickled message (and, with it, ``fds``)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    header = _HEADER.pack(len(data))
+    if fds:
+        socket.send_fds(sock, [header], fds)
+        sock.sendall(data)
+    else:
+        sock.sendall(header + data)
+
+
+def recv_message(sock: socket.socket) -> tuple[Any, list[int]]:
+    """Receive one message and the descriptors sent with it. EOFError when the peer is gone."""
+    header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, _MAX_FDS)
+    if not header:
+        raise EOFError("the peer closed the socket")
+    while len(header) < _HEADER.size:
+        more = sock.recv(_HEADER.size - len(header))
+        if not more:
+            raise EOFError("the peer closed the socket")
+        header += more
+    (size,) = _HEADER.unpack(header)
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the peer closed the socket mid-message")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return pickle.loads(b"".join(chunks)), list(fds)
+
+
+# -- what a preload may not do ---------------------------------------------------
+
+
+def thread_count() -> int:
+    """This process's OS threads (Python's and native ones, e.g. OpenMP's pool)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return threading.active_count()
+
+
+def _cuda_initialized() -> bool:
+    cuda = sys.modules.get("torch.cuda")
+    return bool(cuda is not None and cuda.is_initialized())
+
+
+class _Guard:
+    """What the server looked like before an import, to tell what the import changed."""
+
+    def __init__(self) -> None:
+        self.threads = thread_count()
+        self.python_threads = threading.active_count()
+
+    def violation(self, native: bool = True) -> str:
+        """Why the server is no longer safe to fork from, or ''.
+
+        ``native=False`` for torch itself: the thread numpy's OpenBLAS starts at
+        import is fork-safe (it stops its pool around a fork).
+        """
+        if _cuda_initialized():
+            return "it initialised CUDA (a forked CUDA context is unusable)"
+        if threading.active_count() > self.python_threads:
+            names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
+            return f"it started a Python thread ({names}); a fork copies no thread"
+        now = thread_count()
+        if native and now > self.threads:
+            return f"it started {now - self.threads} native thread(s); a fork copies no thread"
+        return ""
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Send what an import prints to /dev/null: ranks print their own, to their logs."""
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (null, *saved):
+            os.close(fd)
+
+
+# -- the server ----------------------------------------------------------------
+
+
+class _Server:
+    """The loop: fork ranks, report their exits, import what it is asked to."""
+
+    def __init__(self, sock: socket.socket, main_path: str | None) -> None:
+        self.sock = sock
+        self.main_path = main_path
+        self.main_loaded = main_path is None or _main_is(main_path)
+        self.status_fds: dict[int, int] = {}  # rank pid -> write end of its exit-status pipe
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.refused: dict[str, str] = {}
+
+    # Preloading.
+
+    def preload(
+        self, names: list[str] | tuple[str, ...], path: list[str] | None = None, native: bool = True
+    ) -> dict[str, Any]:
+        """Import ``names`` one at a time, checking after each that forking stays safe.
+
+        Returns what was imported, what was refused and why, and, if an import
+        broke the server (threads, CUDA), that reason: the server then stops.
+        """
+        accepted: list[str] = []
+        refused: list[tuple[str, str]] = []
+        saved_path = list(sys.path)
+        if path is not None:
+            sys.path[:] = [*path, *(p for p in saved_path if p not in path)]
+        try:
+            for name in names:
+                if name == "__main__" and self.main_loaded:
+                    continue
+                if name != "__main__" and (name in sys.modules or name in self.refused or name in _NEVER):
+                    continue
+                guard = _Guard()
+                started = time.monotonic()
+                try:
+                    with _quiet():
+                        if name == "__main__":
+                            self._load_main()
+                        else:
+                            importlib.import_module(name)
+                except BaseException as exc:  # a module may raise anything, SystemExit included
+                    self.refused[name] = f"importing it raised {type(exc).__name__}: {exc}"
+                    refused.append((name, self.refused[name]))
+                    continue
+                broken = guard.violation(native)
+                if broken:
+                    return {"accepted": accepted, "refused": [*refused, (name, broken)], "broken": broken}
+                accepted.append(f"{name} ({time.monotonic() - started:.2f} s)")
+        finally:
+            sys.path[:] = saved_path
+        gc.freeze()  # what was imported lives as long as the server
+        return {"accepted": accepted, "refused": refused, "broken": ""}
+
+    def _load_main(self) -> None:
+        if self.main_path is not None and not self.main_loaded:
+            import_main(self.main_path)
+            self.main_loaded = True
+
+    # Forking.
+
+    def fork(self, spec: dict[str, Any], fds: list[int]) -> int:
+        """Fork one rank; the child never returns from here."""
+        status_w, passed = fds[0], fds[1:]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._close_in_child(status_w)
+                _run_rank(spec, passed, self.main_path if not self.main_loaded else None)
+            finally:
+                os._exit(1)
+        self.status_fds[pid] = status_w
+        for fd in passed:
+            os.close(fd)
+        return pid
+
+    def _close_in_child(self, keep: int) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(keep)  # only the server reports a rank's exit
+        for fd in (self.wake_r, self.wake_w, *self.status_fds.values()):
+            os.close(fd)
+        self.sock.close()
+
+    def reap(self) -> None:
+        """Tell the parent the exit status of every rank that has exited."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            fd = self.status_fds.pop(pid, None)
+            if fd is not None:
+                try:
+                    os.write(fd, struct.pack("!i", os.waitstatus_to_exitcode(status)))
+                except OSError:
+                    pass
+                os.close(fd)
+
+    def loop(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        while True:
+            waitables: list[Any] = [self.sock, self.wake_r]
+            ready = select.select(waitables, [], [])[0]
+            if self.wake_r in ready:
+                os.read(self.wake_r, 4096)
+            self.reap()
+            if self.sock not in ready:
+                continue
+            try:
+                message, fds = recv_message(self.sock)
+            except (EOFError, OSError):
+                return  # the parent is gone: its ranks die with this process
+            if not self.handle(message, fds):
+                return
+
+    def handle(self, message: tuple[Any, ...], fds: list[int]) -> bool:
+        """Answer one request; False when the server must stop."""
+        kind = message[0]
+        if kind == "fork":
+            spec = message[1]
+            report = self.preload([spec["module"]], spec["path"]) if spec.get("module") else None
+            if report is not None and report["broken"]:
+                for fd in fds:
+                    os.close(fd)
+                send_message(self.sock, ("broken", report))
+                return False
+            send_message(self.sock, ("forked", self.fork(spec, fds), report))
+            return True
+        if kind == "preload":
+            report = self.preload(message[1], message[2])
+            send_message(self.sock, ("preloaded", report))
+            return not report["broken"]
+        return False  # "quit"
+
+
+def _main_is(path: str) -> bool:
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return isinstance(main_file, str) and os.path.abspath(main_file) == os.path.abspath(path)
+
+
+def import_main(path: str) -> None:
+    """Import the test file run as ``__main__`` (its ``if __name__ == "__main__"`` block does not run)."""
+    from multiprocessing import process, spawn
+
+    process.current_process()._inheriting = True  # type: ignore[attr-defined]
+    try:
+        spawn.import_main_path(path)
+    finally:
+        del process.current_process()._inheriting  # type: ignore[attr-defined]
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux); exit now if it already has."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent or parent == 1:
+        os._exit(1)
+
+
+# -- a rank, just forked ---------------------------------------------------------
+
+
+def _run_rank(spec: dict[str, Any], fds: list[int], main_path: str | None) -> None:
+    """Become a rank: output first, then the parent's process state, then the target."""
+    _redirect_output(spec["output"])
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code = 1
+    try:
+        apply_state(spec)
+        from distributed_testing import _rank
+
+        _rank.modules_at_start = frozenset(sys.modules)
+        if main_path is not None and spec.get("module") == "__main__":
+            import_main(main_path)  # the server could not: the rank does, as a spawned one would
+        target, args, kwargs = pickle.loads(spec["payload"])
+        args = tuple(_Descriptor.restore(arg, fds) for arg in args)
+        target(*args, **kwargs)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int) and exc.code is not None:
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def apply_state(spec: dict[str, Any]) -> None:
+    """Take the parent's environment, working directory, ``sys.path`` and umask."""
+    environ = spec["env"]
+    for name in [n for n in os.environ if n not in environ]:
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+    try:
+        os.chdir(spec["cwd"])
+    except OSError as exc:
+        print(f"distributed_testing: the rank could not enter {spec['cwd']!r}: {exc}", file=sys.stderr)
+    sys.path[:] = spec["path"]
+    os.umask(spec["umask"])
+
+
+def _redirect_output(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _Descriptor:
+    """Stands for the i-th descriptor sent with a fork request (a Connection, in args)."""
+
+    def __init__(self, index: int, readable: bool, writable: bool) -> None:
+        self.index, self.readable, self.writable = index, readable, writable
+
+    @staticmethod
+    def restore(arg: Any, fds: list[int]) -> Any:
+        if not isinstance(arg, _Descriptor):
+            return arg
+        from multiprocessing.connection import Connection
+
+        return Connection(fds[arg.index], readable=arg.readable, writable=arg.writable)
+
+
+def describe_args(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[int]]:
+    """Replace each multiprocessing Connection in ``args`` by a placeholder; return its fds."""
+    from multiprocessing.connection import Connection
+
+    fds: list[int] = []
+    out: list[Any] = []
+    for arg in args:
+        if isinstance(arg, Connection):
+            out.append(_Descriptor(len(fds), arg.readable, arg.writable))
+            fds.append(arg.fileno())
+        else:
+            out.append(arg)
+    return tuple(out), fds
+
+
+# -- starting ---------------------------------------------------------------------
+
+
+def probe_parallel_ops() -> str:
+    """Whether a child of this process can run a parallel torch op ('' if so).
+
+    A process that already ran one holds an OpenMP thread pool a forked child
+    does not get: the child's first parallel op hangs. Try it in a child.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or torch.get_num_threads() < 2:
+        return ""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            torch.ones(1 << 20).add_(1).sum()
+            os.write(write_fd, b"1")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    ready, _, _ = select.select([read_fd], [], [], PROBE_WAIT)
+    ok = bool(ready) and os.read(read_fd, 1) == b"1"
+    os.close(read_fd)
+    if not ok:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    if ok:
+        return ""
+    return "a parallel torch op ran in the test process before the tests started (OpenMP's pool does not fork)"
+
+
+def serve(sock: socket.socket, preload: list[str], main_path: str | None, zygote: bool) -> None:
+    """Import ``preload`` (checking each), say whether this server is fit, then serve. Never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+        server = _Server(sock, main_path)
+        started = time.monotonic()
+        report = server.preload(BASE_PRELOAD, native=False)
+        if not report["broken"]:
+            more = server.preload(preload)
+            report = {key: report[key] + more[key] for key in ("accepted", "refused", "broken")}
+        unfit = report["broken"]
+        if not unfit and zygote:
+            unfit = probe_parallel_ops()
+        info = {"pid": os.getpid(), "seconds": time.monotonic() - started, **report, "unfit": unfit}
+        send_message(sock, ("ready", info))
+        if not unfit:
+            server.loop()
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def main() -> None:
+    """A fresh interpreter's server: ``python -m distributed_testing._server FD``."""
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    config, _ = recv_message(sock)
+    if config["parent"] != os.getppid():
+        os._exit(1)
+    die_with_parent()
+    sys.argv[:] = config["argv"]
+    sys.path[:] = config["path"]
+    os.chdir(config["cwd"])
+    serve(sock, config["preload"], config["main_path"], zygote=False)
+
+
+if __name__ == "__main__":
+    main()
