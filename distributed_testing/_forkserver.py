@@ -14,7 +14,8 @@ imports torch and the test modules. Either way:
   its first rank is forked, and modules ranks imported while testing are
   imported after the test (``learn``), so later tests start with them;
 * a preload that would start a thread or initialise CUDA in the server is
-  refused and logged; a server it broke is replaced by a fresh one that skips it.
+  refused and logged; the copy of the server forked just before that import
+  serves from then on (the broken one only waits for its own ranks).
 
 No file is made: parent and server talk over a socket pair; the server and its
 ranks die with the test process (``PR_SET_PDEATHSIG``).
@@ -47,6 +48,7 @@ _zygote_wanted = False  # prepare() was called: fork a zygote if it is safe
 _refused: dict[str, str] = {}  # module -> why the server may not import it (this run)
 _learned: list[str] = []  # modules the server imported after tests: a replacement imports them too
 _asked: set[str] = set()  # modules already sent to the server to learn
+_ATTEMPTS = 4  # servers tried for one rank before giving up
 
 
 class ServerError(RuntimeError):
@@ -91,8 +93,6 @@ class _Connection:
             reply, _ = _server.recv_message(self.sock)
             self.pending -= 1
             _log_report("learned", self.pid, reply[1])
-            if reply[1]["broken"]:
-                raise EOFError(reply[1]["broken"])
 
     def close(self) -> None:
         try:
@@ -112,6 +112,9 @@ def _log_report(kind: str, pid: int, info: dict[str, Any]) -> None:
     for name, reason in info.get("refused", ()):
         _refused.setdefault(name, reason)
         logger.debug("fork server %d: did not preload %s: %s", pid, name, reason)
+    _asked.difference_update(info.get("untried", ()))  # asked again after the next test
+    if info.get("successor"):
+        logger.debug("fork server %d: its backup %d, forked before that import, serves now", pid, info["successor"])
     if info.get("accepted"):
         logger.debug("fork server %d (%s): preloaded %s", pid, kind, ", ".join(info["accepted"]))
     if info.get("unfit"):
@@ -220,7 +223,8 @@ def _fork_zygote(modules: list[str]) -> _Connection:
 def _start_fresh(modules: list[str]) -> _Connection:
     parent_end, server_end = socket.socketpair()
     process = subprocess.Popen(
-        [sys.executable, "-m", "distributed_testing._server", str(server_end.fileno())],
+        # Not ``-m``: the server's classes must be those of distributed_testing._server.
+        [sys.executable, "-c", "from distributed_testing._server import main; main()", str(server_end.fileno())],
         pass_fds=[server_end.fileno()],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -287,13 +291,16 @@ def fork_rank(module: str, payload: bytes, fds: list[int], output: str) -> tuple
     spec = {"module": module, "payload": payload, "output": output, **_parent_state()}
     try:
         with _lock:
-            for attempt in (1, 2):
+            # A server replaced for a refused module is not asked for it again: each
+            # retry makes progress, and a few are enough (unfit zygote, two refusals).
+            for attempt in range(1, _ATTEMPTS + 1):
                 connection = _connection(module)
+                spec["preload"] = module if module not in _refused else None
                 try:
                     reply = connection.request(("fork", spec), [status_w, *fds])
                 except (EOFError, OSError) as exc:
                     reason = str(exc) or "it exited"
-                    if attempt == 2:
+                    if attempt == _ATTEMPTS:
                         raise ServerError(f"the fork server {connection.pid} failed: {reason}") from None
                     _replace(f"server {connection.pid} stopped: {reason}")
                     continue
@@ -301,9 +308,8 @@ def fork_rank(module: str, payload: bytes, fds: list[int], output: str) -> tuple
                     if reply[2] is not None:
                         _log_report(connection.kind, connection.pid, reply[2])
                     return reply[1], status_r
-                _log_report(connection.kind, connection.pid, reply[1])
-                _replace(f"preloading {module} broke it: {reply[1]['broken']}")
-            raise ServerError(f"no fork server could preload {module}")
+                _log_report(connection.kind, connection.pid, reply[1])  # its backup serves: ask again
+            raise ServerError(f"no fork server could fork a rank of {module}")
     except BaseException:
         os.close(status_r)
         raise
@@ -319,7 +325,7 @@ def learn(modules: Iterable[str]) -> None:
         if not names or connection is None or connection.owner != os.getpid():
             return
         _asked.update(names)
-        _learned.extend(names)
+        _learned.extend(name for name in names if name not in _learned)
         try:
             connection.settle()
             _server.send_message(connection.sock, ("preload", names, list(sys.path)))

@@ -178,12 +178,16 @@ def send_result(conn: Any, result: RankResult) -> None:
         return
     _sent = True
     _exit_code = result.exit_code
-    if modules_at_start is not None:
-        result = dataclasses.replace(result, imported=imported_since_fork())
     try:
+        if modules_at_start is not None:
+            result = dataclasses.replace(result, imported=imported_since_fork())
         conn.send(result)
     except (OSError, ValueError):  # the parent is gone or stopped listening
         pass
+    except Exception:  # a bug of ours: say so in the rank's output, never lose it silently
+        import traceback
+
+        traceback.print_exc()
 
 
 def imported_since_fork() -> tuple[str, ...]:

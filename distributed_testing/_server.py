@@ -41,7 +41,7 @@ _HEADER = struct.Struct("!I")
 _MAX_FDS = 8
 _PR_SET_PDEATHSIG = 1
 # Modules that are the process's entry point or the server itself: never learned.
-_NEVER = frozenset({"__mp_main__", "distributed_testing._server", "distributed_testing.__main__"})
+_NEVER = frozenset({"__mp_main__", "distributed_testing.__main__"})
 
 
 # -- messages ------------------------------------------------------------------
@@ -153,6 +153,7 @@ class _Server:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.refused: dict[str, str] = {}
+        self.successor: tuple[int, int, list[str]] = (0, -1, [])  # a backup to take over: pid, pipe, imports
 
     # Preloading.
 
@@ -165,15 +166,14 @@ class _Server:
         broke the server (threads, CUDA), that reason: the server then stops.
         """
         accepted: list[str] = []
+        imported: list[str] = []
         refused: list[tuple[str, str]] = []
         saved_path = list(sys.path)
         if path is not None:
             sys.path[:] = [*path, *(p for p in saved_path if p not in path)]
         try:
             for name in names:
-                if name == "__main__" and self.main_loaded:
-                    continue
-                if name != "__main__" and (name in sys.modules or name in self.refused or name in _NEVER):
+                if not self._wanted(name):
                     continue
                 guard = _Guard()
                 started = time.monotonic()
@@ -189,12 +189,71 @@ class _Server:
                     continue
                 broken = guard.violation(native)
                 if broken:
-                    return {"accepted": accepted, "refused": [*refused, (name, broken)], "broken": broken}
+                    untried = list(names[names.index(name) + 1 :])
+                    return _report(accepted, imported, [*refused, (name, broken)], broken, untried)
                 accepted.append(f"{name} ({time.monotonic() - started:.2f} s)")
+                imported.append(name)
         finally:
             sys.path[:] = saved_path
         gc.freeze()  # what was imported lives as long as the server
-        return {"accepted": accepted, "refused": refused, "broken": ""}
+        return _report(accepted, imported, refused)
+
+    def _wanted(self, name: str) -> bool:
+        if name == "__main__":
+            return not self.main_loaded
+        return name not in sys.modules and name not in self.refused and name not in _NEVER
+
+    def learn(self, names: list[str], path: list[str] | None) -> dict[str, Any]:
+        """``preload`` behind a backup: a copy of this server, forked first, takes over
+        if an import breaks this one, so a refused module never costs a fresh server."""
+        names = [name for name in names if self._wanted(name)]
+        if not names:
+            return _report([], [], [])
+        successor, wake = self._fork_backup()
+        report = self.preload(names, path)
+        if not report["broken"]:
+            os.close(wake)  # the backup reads EOF and exits
+            return report
+        report["successor"] = successor
+        self.successor = (successor, wake, report["imported"])
+        return report
+
+    def _fork_backup(self) -> tuple[int, int]:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(write_fd)
+                die_with_parent()
+                chunks = list(iter(lambda: os.read(read_fd, 1 << 16), b""))
+                if chunks:  # told to take over, with what the broken server had imported safely
+                    self._take_over(pickle.loads(b"".join(chunks)))
+            finally:
+                os._exit(0)
+        os.close(read_fd)
+        return pid, write_fd
+
+    def _take_over(self, imported: list[str]) -> None:
+        """In the backup: become the server (the ranks of the old one are not ours)."""
+        signal.set_wakeup_fd(-1)
+        for fd in (self.wake_r, self.wake_w, *self.status_fds.values()):
+            os.close(fd)
+        self.status_fds = {}
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.preload(imported)
+        self.loop()
+
+    def hand_over(self) -> None:
+        """In a broken server: let the backup serve; stay its parent, and reap our own ranks. Never returns."""
+        successor, wake, imported = self.successor
+        os.write(wake, pickle.dumps(imported))
+        os.close(wake)
+        self.sock.close()
+        while successor not in self.reap():
+            select.select([self.wake_r], [], [])
+            os.read(self.wake_r, 4096)
+        os._exit(0)
 
     def _load_main(self) -> None:
         if self.main_path is not None and not self.main_loaded:
@@ -226,15 +285,17 @@ class _Server:
             os.close(fd)
         self.sock.close()
 
-    def reap(self) -> None:
-        """Tell the parent the exit status of every rank that has exited."""
+    def reap(self) -> list[int]:
+        """Tell the parent the exit status of every rank that has exited; return the reaped pids."""
+        reaped: list[int] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return reaped
             if pid == 0:
-                return
+                return reaped
+            reaped.append(pid)
             fd = self.status_fds.pop(pid, None)
             if fd is not None:
                 try:
@@ -266,19 +327,31 @@ class _Server:
         kind = message[0]
         if kind == "fork":
             spec = message[1]
-            report = self.preload([spec["module"]], spec["path"]) if spec.get("module") else None
+            report = self.learn([spec["preload"]], spec["path"]) if spec.get("preload") else None
             if report is not None and report["broken"]:
                 for fd in fds:
                     os.close(fd)
-                send_message(self.sock, ("broken", report))
-                return False
+                send_message(self.sock, ("broken", report))  # the parent asks the backup again
+                self.hand_over()
             send_message(self.sock, ("forked", self.fork(spec, fds), report))
             return True
         if kind == "preload":
-            report = self.preload(message[1], message[2])
+            report = self.learn(message[1], message[2])
             send_message(self.sock, ("preloaded", report))
-            return not report["broken"]
+            if report["broken"]:
+                self.hand_over()
+            return True
         return False  # "quit"
+
+
+def _report(
+    accepted: list[str],
+    imported: list[str],
+    refused: list[tuple[str, str]],
+    broken: str = "",
+    untried: list[str] | None = None,
+) -> dict[str, Any]:
+    return {"accepted": accepted, "imported": imported, "refused": refused, "broken": broken, "untried": untried or []}
 
 
 def _main_is(path: str) -> bool:
@@ -452,15 +525,16 @@ def serve(sock: socket.socket, preload: list[str], main_path: str | None, zygote
         os.close(null)
         server = _Server(sock, main_path)
         started = time.monotonic()
-        report = server.preload(BASE_PRELOAD, native=False)
-        if not report["broken"]:
-            more = server.preload(preload)
-            report = {key: report[key] + more[key] for key in ("accepted", "refused", "broken")}
-        unfit = report["broken"]
+        base = server.preload(BASE_PRELOAD, native=False)
+        unfit = base["broken"]
         if not unfit and zygote:
             unfit = probe_parallel_ops()
+        more = _report([], [], []) if unfit else server.learn(preload, None)
+        report = {key: base[key] + more[key] for key in ("accepted", "refused")}
         info = {"pid": os.getpid(), "seconds": time.monotonic() - started, **report, "unfit": unfit}
         send_message(sock, ("ready", info))
+        if more["broken"]:
+            server.hand_over()
         if not unfit:
             server.loop()
     except (EOFError, OSError, KeyboardInterrupt):
@@ -473,7 +547,7 @@ def serve(sock: socket.socket, preload: list[str], main_path: str | None, zygote
 
 
 def main() -> None:
-    """A fresh interpreter's server: ``python -m distributed_testing._server FD``."""
+    """A fresh interpreter's server: ``python -c "...; main()" FD``."""
     sock = socket.socket(fileno=int(sys.argv[1]))
     config, _ = recv_message(sock)
     if config["parent"] != os.getppid():
@@ -484,6 +558,3 @@ def main() -> None:
     os.chdir(config["cwd"])
     serve(sock, config["preload"], config["main_path"], zygote=False)
 
-
-if __name__ == "__main__":
-    main()

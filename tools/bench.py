@@ -54,6 +54,17 @@ size 2: our pool's whole-class time (``setUpClass`` to the end of
 half), per-test dispatch at most 2 ms, start-up at most 1.5 s; and after a rank
 crash (``os._exit(3)`` in rank 1) the rebuilt pool ready within 0.5 s.
 
+Scenarios (``--scenario``; this table is ``trivial``, the default): ``ddp`` (a
+DistributedDataParallel test at world size 2), ``dtensor`` (DTensorTestBase and
+with_comms at world size 4), ``pytest`` (two files of ddp tests in one pytest
+run), ``whole-file`` (``python file.py`` against ``python -c "import torch"``)
+and ``memory`` (each rank's RSS and USS); ``all`` runs every one. Each runs
+PyTorch's class and ours side by side; ``tools/bench_scenarios.py`` says what
+they measure. They are not in the default run: the table and its targets take
+about six minutes on two cores already, and the five scenarios together
+several more (PyTorch's spawned DDP and DTensor tests take seconds each and
+sometimes hang until their timeout).
+
 Usage::
 
     python tools/bench.py                      # every row, world sizes 2 4 8, the targets
@@ -61,6 +72,8 @@ Usage::
     python tools/bench.py --methods fork pool --world-sizes 2 8 --no-targets
     python tools/bench.py --format markdown    # or rst
     python tools/bench.py --readme README.rst  # also write the results into its Benchmarks section
+    python tools/bench.py --scenario ddp       # one scenario alone; several: --scenario ddp memory
+    python tools/bench.py --scenario all --timeout 60
 
 Benchmarks are not unit tests: a missed target is reported, not failed. The
 exit code is 0 when every run passed, 1 when a run failed or hung, 2 on bad
@@ -126,6 +139,11 @@ POOL_REBUILD_MS = 500.0
 PYTORCH_CRASH_TIMEOUT = "40"
 
 PER_TEST, CONTINUOUS, THREADED = "per-test", "continuous", "threaded"
+# Scenarios: this file's table, and those of tools/bench_scenarios.py (imported when one runs).
+TRIVIAL_SCENARIO = "trivial"
+SCENARIOS = ("ddp", "dtensor", "pytest", "whole-file", "memory")
+DEFAULT_SCENARIO_TESTS = {"ddp": 8, "dtensor": 8, "pytest": 6, "whole-file": 8, "memory": 4}
+QUICK_SCENARIO_TESTS = {"ddp": 3, "dtensor": 3, "pytest": 3, "whole-file": 8, "memory": 2}
 
 
 @dataclass(frozen=True)
@@ -1055,6 +1073,31 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Start-up, per-test time and rank memory of PyTorch's distributed test classes and ours.",
     )
     parser.add_argument(
+        "--scenario",
+        dest="scenarios",
+        nargs="+",
+        choices=[TRIVIAL_SCENARIO, *SCENARIOS, "all"],
+        default=[TRIVIAL_SCENARIO],
+        metavar="NAME",
+        help=f"what to run: {TRIVIAL_SCENARIO} (this table and its targets; the default), "
+        f"{', '.join(SCENARIOS)}, or all",
+    )
+    parser.add_argument(
+        "--scenario-tests",
+        type=int,
+        metavar="N",
+        help="tests per file in the other scenarios (default: ddp 8, dtensor 8, pytest 6 per file, "
+        "whole-file 8, memory 4; --quick: 3, 3, 3, 8, 2)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=60,
+        metavar="S",
+        help="per-test timeout of both classes in the other scenarios: DISTRIBUTED_TESTS_DEFAULT_TIMEOUT "
+        "for PyTorch's, DISTRIBUTED_TESTING_TIMEOUT for ours (default: 60)",
+    )
+    parser.add_argument(
         "--world-sizes", type=int, nargs="+", default=[2, 4, 8], metavar="N", help="world sizes (default: 2 4 8)"
     )
     parser.add_argument(
@@ -1122,6 +1165,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--warmup must be at least 1: the first test is the start-up figure")
     if args.target_repeats < 1:
         parser.error("--target-repeats must be at least 1")
+    if args.timeout < 1 or (args.scenario_tests is not None and args.scenario_tests < 2):
+        parser.error("--timeout must be at least 1 and --scenario-tests at least 2 (the first test is apart)")
+    chosen = [*SCENARIOS, TRIVIAL_SCENARIO] if "all" in args.scenarios else args.scenarios
+    args.scenarios = [name for name in (TRIVIAL_SCENARIO, *SCENARIOS) if name in chosen]
+    if args.readme and TRIVIAL_SCENARIO not in args.scenarios:
+        parser.error(f"--readme writes the {TRIVIAL_SCENARIO} table: add --scenario {TRIVIAL_SCENARIO}")
+    counts = QUICK_SCENARIO_TESTS if args.quick else DEFAULT_SCENARIO_TESTS
+    args.scenario_tests = {name: args.scenario_tests or n for name, n in counts.items()}
     args.world_sizes = sorted(set(args.world_sizes))
     args.methods = [m for m in METHODS if m in args.methods]  # table order, no duplicates
     return args
@@ -1235,7 +1286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the tables; 0 if every run passed, 1 if one failed, 2 on usage."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    missing = missing_modules(args.methods)
+    missing = missing_modules(args.methods if args.scenarios == [TRIVIAL_SCENARIO] else ["ours"])
     if missing:
         print(
             f"bench.py: error: {sys.executable} cannot import {', '.join(missing)}; "
@@ -1248,15 +1299,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if warning:
         head.append(warning)
     print("\n".join(head), flush=True)
-    results: dict[tuple[str, int], RunResult] = {}
-    extra: dict[str, list[RunResult]] = {}
     signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
     become_subreaper()
+    code = 0
     try:
-        run_all(args, results, extra)
+        if TRIVIAL_SCENARIO in args.scenarios:
+            code = run_trivial(args, argv, head)
+        others = [name for name in args.scenarios if name != TRIVIAL_SCENARIO]
+        if others:
+            code = max(code, run_scenarios(others, args))
     except KeyboardInterrupt:
         print("\nbench.py: interrupted; the running test file was stopped", file=sys.stderr)
         return 130
+    return code
+
+
+def run_scenarios(names: list[str], args: argparse.Namespace) -> int:
+    """The scenarios of tools/bench_scenarios.py, each reported as it ends; 1 if one went wrong."""
+    sys.modules.setdefault("bench", sys.modules[__name__])  # bench_scenarios imports this module by name
+    import bench_scenarios
+
+    if TRIVIAL_SCENARIO not in args.scenarios:
+        warm_page_cache()
+    failed = []
+    for name in names:
+        section = bench_scenarios.run_scenario(name, args)
+        print(f"\n{section.title}:", *section.lines, sep="\n", flush=True)
+        if not section.ok:
+            failed.append(name)
+    for name in failed:
+        print(f"\nERROR: scenario {name}: a test of ours did not pass, or a run failed or was killed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_trivial(args: argparse.Namespace, argv: Sequence[str], head: list[str]) -> int:
+    """This file's table (the trivial test in every row and world size) and its targets."""
+    results: dict[tuple[str, int], RunResult] = {}
+    extra: dict[str, list[RunResult]] = {}
+    run_all(args, results, extra)
     report = build_report(results, extra, args)
     load_end = load_average()
     print()
