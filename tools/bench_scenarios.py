@@ -122,8 +122,13 @@ class {class_name}({base}):
         super().setUp()
 {set_up}
     def bench_end(self) -> None:
-        if TIMES and self.rank < 0:  # the test process, not a rank
+        if self.rank >= 0:  # a rank, not the test process
+            return
+        if TIMES:
             bench_append(TIMES, {{"test": self.id(), "event": "end", "at": time.monotonic()}})
+        if MEMORY:
+            record = {{"test": self._testMethodName, "rank": -1, "pid": os.getpid(), **bench_rollup("self")}}
+            bench_append(MEMORY, record)
 
     def bench_memory(self) -> None:
         """This rank's memory, and its parent's (a fork server or the test process), at the end of the test."""
@@ -285,16 +290,18 @@ def run_bounded(run: Run, argv: list[str], cwd: str, env: dict[str, str], limit:
         run.stderr = f.read()
 
 
-def test_environment(workdir: str, timeout: int) -> tuple[dict[str, str], str, str]:
-    """A clean environment for a run in ``workdir``, with its own TMPDIR, times file and memory file."""
+def test_environment(workdir: str, timeout: int, memory: bool = False) -> tuple[dict[str, str], str, str]:
+    """A clean environment for a run in ``workdir``: its own TMPDIR, times file and (if asked) memory file."""
     tmpdir = os.path.join(workdir, "tmp")
     os.mkdir(tmpdir)
     env = bench.clean_environment(tmpdir)
-    times, memory = os.path.join(workdir, "times.jsonl"), os.path.join(workdir, "memory.jsonl")
-    env[TIMES_VARIABLE], env[MEMORY_VARIABLE] = times, memory
+    times, memory_path = os.path.join(workdir, "times.jsonl"), os.path.join(workdir, "memory.jsonl")
+    env[TIMES_VARIABLE] = times
+    if memory:  # reading smaps_rollup takes milliseconds: only where memory is what is measured
+        env[MEMORY_VARIABLE] = memory_path
     env["DISTRIBUTED_TESTS_DEFAULT_TIMEOUT"] = str(timeout)  # PyTorch's per-test timeout
     env["DISTRIBUTED_TESTING_TIMEOUT"] = str(timeout)  # ours
-    return env, times, memory
+    return env, times, memory_path
 
 
 def read_jsonl(path: str) -> list[dict[str, object]]:
@@ -511,7 +518,8 @@ def per_test_line(run: Run, names: list[str]) -> str:
 def run_line(run: Run) -> str:
     other = "" if run.foreign_cpu is None else f", other work {run.foreign_cpu:.0%} of the CPUs"
     code = "killed" if run.code is None else f"exit {run.code}"
-    return f"  {run.label}: wall {run.wall:.1f} s ({code}, limit {run.limit:.0f} s{other})"
+    tests = f"; tests: {outcome_counts(run)}" if run.expected else ""
+    return f"  {run.label}: wall {run.wall:.1f} s ({code}, limit {run.limit:.0f} s{other}){tests}"
 
 
 # -- the scenarios ----------------------------------------------------------------------------
@@ -549,7 +557,7 @@ def run_unittest_file(
         path = os.path.join(workdir, f"test_bench_{scenario.replace('-', '_')}.py")
         with open(path, "w") as f:
             f.write(render(scenario, body, side, world_size, tests, "Bench"))
-        env, times, memory = test_environment(workdir, args.timeout)
+        env, times, memory = test_environment(workdir, args.timeout, memory=body == "memory")
         run.expected = [f"__main__.Bench.test_{i:04d}" for i in range(tests)]
         argv = [sys.executable, path] + (["-v"] if verbose else [])
         bench.progress(f"{scenario}: {run.label}, world size {world_size}, {tests} tests ...")
@@ -774,52 +782,55 @@ def scenario_whole_file(args: argparse.Namespace, root: str) -> Section:
 
 
 def memory_rows(run: Run) -> tuple[list[list[str]], dict[str, float]]:
-    """Per rank (and the ranks' parent): RSS and USS in the first test and the later tests' median."""
-    # A spawned rank's module is __mp_main__, not __main__: ranks name their test by its method.
+    """Per process (each rank, the test process, our fork server): RSS, USS and Pss, kB, in the
+    first test and the later tests' median; and the later tests' median for a rank and in all."""
+    # A spawned rank's module is __mp_main__, not __main__: the records name a test by its method.
     outcomes = {name.rpartition(".")[2]: outcome for name, outcome in run.outcomes.items()}
     first = run.expected[0].rpartition(".")[2] if run.expected else ""
-    records = [r for r in run.memory if outcomes.get(str(r["test"])) == "ok"]
-    rows, later_uss, later_rss = [], [], []
-    ranks = sorted({int(r["rank"]) for r in records})  # type: ignore[call-overload]
+    # (process, test): its figures. Ranks read their parent: for ours that is the fork server.
+    seen: dict[tuple[str, str], dict[str, float]] = {}
+    for record in run.memory:
+        test = str(record["test"])
+        if outcomes.get(test) != "ok":
+            continue
+        rank = int(record["rank"])  # type: ignore[call-overload]
+        process = "the test process" if rank < 0 else f"rank {rank}"
+        seen[(process, test)] = {key: float(record[key]) for key in ("rss", "uss", "pss")}  # type: ignore[arg-type]
+        parent = record.get("parent")
+        if rank >= 0 and run.side == OURS and isinstance(parent, dict):
+            seen.setdefault(("the fork server (the ranks' parent)", test), {k: float(v) for k, v in parent.items()})
+    processes = sorted({p for p, _ in seen}, key=lambda p: (not p.startswith("rank"), p))
 
-    def mib(values: list[float]) -> str:
-        return bench.format_mib(int(statistics.median(values))) if values else "-"
+    def median(process: str, key: str, later: bool) -> float | None:
+        values = [v[key] for (p, t), v in seen.items() if p == process and (t != first) == later]
+        return statistics.median(values) if values else None
 
-    for rank in ranks:
-        mine = [r for r in records if r["rank"] == rank]
-        one = [r for r in mine if r["test"] == first]
-        rest = [r for r in mine if r["test"] != first]
-        rest_rss = [float(r["rss"]) for r in rest]  # type: ignore[arg-type]
-        rest_uss = [float(r["uss"]) for r in rest]  # type: ignore[arg-type]
-        later_rss += rest_rss
-        later_uss += rest_uss
-        rows.append(
-            [
-                f"{run.label}: rank {rank}",
-                mib([float(r["rss"]) for r in one]),  # type: ignore[arg-type]
-                mib([float(r["uss"]) for r in one]),  # type: ignore[arg-type]
-                mib(rest_rss),
-                mib(rest_uss),
-                str(len(rest)),
-            ]
-        )
-    parents = [r["parent"] for r in records if isinstance(r.get("parent"), dict) and r["test"] != first]
-    if parents:
-        who = "the fork server" if run.side == OURS else "the test process"
-        rest = parents
-        rows.append(
-            [
-                f"{run.label}: the ranks' parent ({who})",
-                "",
-                "",
-                mib([float(p["rss"]) for p in rest]),  # type: ignore[index]
-                mib([float(p["uss"]) for p in rest]),  # type: ignore[index]
-                str(len(rest)),
-            ]
-        )
-    summary = {}
-    if later_rss:
-        summary = {"rss": statistics.median(later_rss), "uss": statistics.median(later_uss)}
+    def mib(kb: float | None) -> str:
+        return "-" if kb is None else bench.format_mib(int(kb))
+
+    rows = []
+    for process in processes:
+        cells = [mib(median(process, key, later)) for later in (False, True) for key in ("rss", "uss", "pss")]
+        rows.append([f"{run.label}: {process}", *cells])
+    later_tests = {t for _, t in seen if t != first}
+    totals = [sum(v["pss"] for (_, t), v in seen.items() if t == test) for test in later_tests]
+    firsts = [v["pss"] for (_, t), v in seen.items() if t == first]
+    rows.append(
+        [
+            f"{run.label}: all of the above, Pss summed",
+            "",
+            "",
+            mib(sum(firsts)) if firsts else "-",
+            "",
+            "",
+            mib(statistics.median(totals)) if totals else "-",
+        ]
+    )
+    summary: dict[str, float] = {}
+    ranks = [v for (p, t), v in seen.items() if p.startswith("rank") and t != first]
+    if ranks:
+        summary = {key: statistics.median(v[key] for v in ranks) for key in ("rss", "uss", "pss")}
+        summary["total_pss"] = statistics.median(totals) if totals else 0.0
     return rows, summary
 
 
@@ -829,7 +840,7 @@ def scenario_memory(args: argparse.Namespace, root: str) -> Section:
     section = Section(
         f"memory: each rank's RSS and USS at the end of a trivial test (world size 2, {tests} tests per file), MiB"
     )
-    header = ["process", "RSS, first test", "USS, first test", "RSS, later (median)", "USS, later (median)", "reports"]
+    header = ["process", "first test: RSS", "USS", "Pss", "later tests (median): RSS", "USS", "Pss"]
     rows, sums = [], {}
     for run in runs:
         more, summary = memory_rows(run)
@@ -841,12 +852,16 @@ def scenario_memory(args: argparse.Namespace, root: str) -> Section:
         section.lines.append(
             f"ours against PyTorch's, a rank in the later tests (median over ranks and tests): "
             f"RSS {ratio(ours['rss'], theirs['rss'], 'smaller', 'larger')}, "
-            f"USS {ratio(ours['uss'], theirs['uss'], 'smaller', 'larger')}"
+            f"USS {ratio(ours['uss'], theirs['uss'], 'smaller', 'larger')}, "
+            f"Pss {ratio(ours['pss'], theirs['pss'], 'smaller', 'larger')}; all the processes above, Pss summed: "
+            f"{ratio(ours['total_pss'], theirs['total_pss'], 'smaller', 'larger')}"
         )
     section.lines.append(
-        "RSS and USS (Private_Clean + Private_Dirty) from /proc/self/smaps_rollup, read by the rank after "
-        "destroy_process_group; a forked rank's RSS counts pages it shares with the fork server, its USS does not. "
-        "The parent is read by the rank too (/proc/<ppid>/smaps_rollup)."
+        "RSS, USS (Private_Clean + Private_Dirty) and Pss from smaps_rollup: each rank reads its own at the end "
+        "of the test body (after destroy_process_group), ours also its parent's, the fork server; the test "
+        "process reads its own in the test's last cleanup. A forked rank's RSS counts the pages it shares with "
+        "the fork server (and it with the test process); USS counts none of them; Pss shares them out, so the "
+        "Pss sum is the run's footprint."
     )
     section.lines += [run_line(run) for run in runs]
     trouble = [line for run in runs for line in outcome_lines(run)]
