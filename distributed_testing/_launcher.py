@@ -7,18 +7,16 @@ SIGKILL. At the deadline every live rank is asked for its stacks first.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed_testing import _forkserver
+from distributed_testing import _forkserver, _server
 from distributed_testing._protocol import RankContext, RankResult
 
 __unittest = True
@@ -234,24 +232,6 @@ def process_class(method: str, module: str) -> Any:
     return _forkserver.process_class(module)
 
 
-@contextlib.contextmanager
-def _output_to(path: str) -> Iterator[None]:
-    """Point this process's fds 1 and 2 at ``path`` while a child is started."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for descriptor in (fd, *saved):
-            os.close(descriptor)
-
-
 def start_rank(
     proc: Callable[..., Any],
     target: Callable[..., None],
@@ -270,7 +250,7 @@ def start_rank(
     if getattr(process, "_start_method", None) == "spawn":
         # A spawned rank imports the test file before it can capture its own
         # output: hand it the rank's file as stdout/stderr from the start.
-        with _output_to(ctx.output_path):
+        with _server.output_to(ctx.output_path):
             process.start()
     else:
         process.start()

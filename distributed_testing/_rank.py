@@ -6,7 +6,6 @@ the runner or the parent-side launcher.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import faulthandler
 import os
@@ -18,6 +17,7 @@ import unittest
 from collections.abc import Callable
 from typing import Any
 
+from distributed_testing import _server
 from distributed_testing._protocol import (
     EXITED,
     FAILED,
@@ -33,7 +33,6 @@ __unittest = True  # hide these frames from user tracebacks
 
 SEED = 1234  # the seed every rank starts a test with, as PyTorch's runner uses
 TEST_ERROR_EXIT_CODE = 10  # PyTorch's code for "the test raised"
-_PR_SET_PDEATHSIG = 1
 
 _sent = False
 _exit_code = 0  # set with the result: the code this rank's process leaves with
@@ -71,7 +70,7 @@ def prepare_process(ctx: RankContext) -> None:
     """Make this process a rank: tied to its parent, output captured, stacks on demand."""
     global in_rank
     in_rank = True
-    _die_with_parent()
+    _server.die_with_parent()  # the test process (spawn) or the fork server, which dies with it
     _redirect_output(ctx.output_path)
     _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
@@ -112,32 +111,9 @@ def _stop_children() -> None:
 
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this rank when its parent dies, even by SIGKILL.
-
-    The parent is the test process (spawn) or the fork server, which dies
-    with the test process.
-    """
-    parent_pid = os.getppid()
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _redirect_output(path: str) -> None:
     """Send fd 1 and 2 (Python, logging and C++ output alike) to the rank's log."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    # A test runner may have replaced sys.stdout with its own capture object.
-    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+    _server.redirect_output(path)
     faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
@@ -147,17 +123,7 @@ def _register_stack_dump(path: str, signum: int) -> None:
     faulthandler.register(signum, file=stacks, all_threads=True, chain=False)
 
 
-def flush() -> None:
-    """Flush the rank's Python streams, and C's stdio buffers (printf, std::cout), into its output."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
+flush = _server.flush  # the rank's Python streams and C's stdio buffers, into its output
 
 
 def seed_all(seed: int = SEED) -> None:

@@ -32,7 +32,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["BASE_PRELOAD", "recv_message", "send_message", "serve", "thread_count"]
+__all__ = [
+    "BASE_PRELOAD",
+    "flush",
+    "output_to",
+    "recv_message",
+    "redirect_output",
+    "send_message",
+    "serve",
+    "thread_count",
+]
 
 # What every server imports before it forks anything.
 BASE_PRELOAD = ("torch", "torch.distributed", "distributed_testing._rank", "distributed_testing._testcase")
@@ -124,19 +133,48 @@ class _Guard:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """Send what an import prints to /dev/null: ranks print their own, to their logs."""
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
+def output_to(path: str) -> Iterator[None]:
+    """Point this process's fds 1 and 2 at ``path`` for a while (a child started, an import)."""
+    flush()
+    saved = (os.dup(1), os.dup(2))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
         yield
     finally:
+        flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (null, *saved):
-            os.close(fd)
+        for descriptor in (fd, *saved):
+            os.close(descriptor)
+
+
+def redirect_output(path: str) -> None:
+    """Send fds 1 and 2 (Python, logging and C++ output alike) to ``path`` for good, stdin from /dev/null."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    # A test runner may have replaced sys.stdout with its own capture object.
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+
+
+def flush() -> None:
+    """Flush Python's streams, and C's stdio buffers (printf, std::cout), to their fds."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 # -- the server ----------------------------------------------------------------
@@ -178,7 +216,7 @@ class _Server:
                 guard = _Guard()
                 started = time.monotonic()
                 try:
-                    with _quiet():
+                    with output_to(os.devnull):  # ranks print their own, to their logs
                         if name == "__main__":
                             self._load_main()
                         else:
@@ -387,7 +425,7 @@ def die_with_parent() -> None:
 
 def _run_rank(spec: dict[str, Any], fds: list[int], main_path: str | None) -> None:
     """Become a rank: output first, then the parent's process state, then the target."""
-    _redirect_output(spec["output"])
+    redirect_output(spec["output"])
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -410,7 +448,7 @@ def _run_rank(spec: dict[str, Any], fds: list[int], main_path: str | None) -> No
     except BaseException:
         traceback.print_exc()
     finally:
-        _flush()
+        flush()
         os._exit(code)
 
 
@@ -428,26 +466,6 @@ def apply_state(spec: dict[str, Any]) -> None:
         print(f"distributed_testing: the rank could not enter {spec['cwd']!r}: {exc}", file=sys.stderr)
     sys.path[:] = spec["path"]
     os.umask(spec["umask"])
-
-
-def _redirect_output(path: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.close(null)
-    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 class _Descriptor:
