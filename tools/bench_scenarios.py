@@ -7,21 +7,23 @@ and ours side by side in one run, and reports ratios:
   ``DistributedDataParallel`` over gloo at world size 2, initialised from the
   test's ``file_name``: a forward on this rank's chunk, a backward, and a
   tensor ``assertEqual`` of each parameter's gradient against a one-process
-  reference model (same seed) run on the whole batch. ``python file.py``.
+  reference model (same seed) run on the whole batch. ``python file.py -v``.
 * ``dtensor``: ``DTensorTestBase`` and ``with_comms`` at world size 4 (PyTorch's
   from ``common_dtensor``, ours from ``distributed_testing``):
   ``distribute_tensor`` with ``Shard(0)``, ``redistribute`` to ``Replicate()``,
-  an ``assertEqual`` against the full tensor. ``python file.py``.
+  an ``assertEqual`` against the full tensor. ``python file.py -v``.
 * ``pytest``: two files of ``ddp`` tests in one ``pytest -q -p no:cacheprovider``
   run (with ``--durations=0 --durations-min=0 -rA`` for per-test phases and
   outcomes): the second file's tests against the first's.
-* ``whole-file``: the wall clock of ``python file.py`` for a file of trivial
-  tests against that of ``python -c "import torch"``, as a ratio to
-  ``import torch + tests x 50 ms`` (target: at most 1.3).
-* ``memory``: each rank's RSS and USS (``Private_Clean + Private_Dirty`` of
-  ``/proc/self/smaps_rollup``), read inside the rank at the end of each
-  trivial test, and the same for the rank's parent process (ours: the fork
-  server; PyTorch's: the test process).
+* ``whole-file``: the wall clock of ``python file.py`` (no ``-v``) for a file
+  of trivial tests (those of the table) against that of ``python -c "import
+  torch"`` (the median of three runs, before, between and after the files),
+  as a ratio to ``import torch + tests x 50 ms`` (target: at most 1.3).
+* ``memory``: each rank's RSS, USS (``Private_Clean + Private_Dirty``) and Pss
+  from ``/proc/self/smaps_rollup``, read inside the rank at the end of each
+  trivial test; the same for our fork server (read by its ranks) and for the
+  test process (read by itself in the test's last cleanup), and the Pss of
+  them all summed.
 
 Times come from the tests themselves: the test process appends a line with
 ``time.monotonic()`` when a test's ``setUp`` starts and when its last cleanup
@@ -61,6 +63,7 @@ IMPORT_TORCH_RUNS = 3
 TIMEOUT_TEXT = re.compile(r"Timing out after \d+ seconds|\btimed out after [\d.]+ s\b")
 
 PYTORCH, OURS = "pytorch", "ours"
+TROUBLE = "tests not passed (never in a median or a mean), and what runs left behind:"
 MPTC, DTENSOR = "MultiProcessTestCase", "DTensorTestBase"
 IMPORTS = {
     (PYTORCH, MPTC): "from torch.testing._internal.common_distributed import MultiProcessTestCase\n"
@@ -283,7 +286,9 @@ def run_bounded(run: Run, argv: list[str], cwd: str, env: dict[str, str], limit:
         run.problems.append(f"{len(leaked)} process(es) outlived the run and were killed: {leaked}")
     if run.code is not None:
         tmpdir = env.get("TMPDIR", "")
-        run.problems.extend(f"left in TMPDIR: {name}" for name in bench.leftover_files(tmpdir))
+        left = bench.leftover_files(tmpdir)
+        if left:
+            run.problems.append(f"left {len(left)} entries in its TMPDIR: {', '.join(left)}")
     with open(stdout_path, errors="replace") as f:
         run.stdout = f.read()
     with open(stderr_path, errors="replace") as f:
@@ -331,10 +336,11 @@ def read_times(run: Run, path: str) -> None:
 # -- outcomes -------------------------------------------------------------------------------
 
 UNITTEST_PROGRESS = re.compile(r"^(test_\w+) \(([\w.]+)\) \.\.\. ", re.M)
-UNITTEST_WORD = re.compile(r"\b(ok|FAIL|ERROR|skipped)\b")
+UNITTEST_WORD = re.compile(r"\b(ok|FAIL|ERROR)$|\b(skipped) ", re.M)  # the last one in a test's section
 UNITTEST_BLOCK = re.compile(r"^(ERROR|FAIL): (test_\w+) \(([\w.]+)\)\n(.*?)(?=^={20,}$|^-{20,}\nRan |\Z)", re.M | re.S)
 PYTEST_SUMMARY = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+?)(?: - (.*))?$", re.M)
 PYTEST_SECTION = re.compile(r"^_{2,} (?:ERROR at \w+ of )?(\w+)\.(test_\w+) _{2,}$", re.M)
+PYTEST_PART = re.compile(r"^={5,}", re.M)  # the next part of the report (PASSES, the summary)
 PYTEST_DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+)\s*$", re.M)
 
 
@@ -359,8 +365,9 @@ def parse_unittest(run: Run) -> dict[str, str]:
         stop = starts[i + 1].start() if i + 1 < len(starts) else len(text)
         name = unittest_id(match.group(1), match.group(2))
         section = text[match.end() : stop]
-        found = UNITTEST_WORD.search(section)
-        words[name] = found.group(1) if found else "unknown"
+        found = list(UNITTEST_WORD.finditer(section))
+        if found:
+            words[name] = found[-1].group(1) or found[-1].group(2)
         texts[name] = section
     for match in UNITTEST_BLOCK.finditer(text):
         name = unittest_id(match.group(2), match.group(3))
@@ -376,6 +383,8 @@ def parse_pytest(run: Run, modules: dict[str, str]) -> dict[str, str]:
     sections = list(PYTEST_SECTION.finditer(text))
     for i, match in enumerate(sections):
         stop = sections[i + 1].start() if i + 1 < len(sections) else len(text)
+        part = PYTEST_PART.search(text, match.end(), stop)
+        stop = part.start() if part else stop
         module = modules.get(match.group(1))
         if module is not None:
             name = f"{module}.{match.group(1)}.{match.group(2)}"
@@ -396,7 +405,7 @@ def classify(run: Run, words: dict[str, str], timeout: float) -> None:
         ms = run.ms(name)
         if word in ("ok", "PASSED"):
             outcome = "ok"
-        elif word in ("FAIL", "ERROR", "FAILED", "unknown"):
+        elif word in ("FAIL", "ERROR", "FAILED"):
             slow = ms is not None and ms >= 1000.0 * timeout
             outcome = "timed out" if TIMEOUT_TEXT.search(text) or slow else "failed"
         elif word in ("skipped", "SKIPPED"):
@@ -419,7 +428,9 @@ def classify(run: Run, words: dict[str, str], timeout: float) -> None:
 def first_error_line(text: str) -> str:
     """The most telling line of a failure's text: the last exception line, else the last line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Failure)\b", ln)]
+    # pytest marks the exception's lines with "E   ".
+    lines = [ln[1:].strip() if re.match(r"^E\s", ln) else ln for ln in lines]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Failure|Interrupt)\b", ln)]
     chosen = errors[-1] if errors else (lines[-1] if lines else "")
     return chosen[:200]
 
@@ -505,14 +516,18 @@ def short(name: str) -> str:
     return method if module in ("", "__main__") else f"{module}::{method}"
 
 
-def per_test_line(run: Run, names: list[str]) -> str:
-    """Every test's ms in order, with its outcome when it did not pass."""
+def per_test_line(run: Run, *groups: list[str]) -> str:
+    """Every test's ms in order, with its outcome when it did not pass; groups (files) apart."""
+    return f"  {run.label}: " + "  ||  ".join(per_test_cells(run, names) for names in groups)
+
+
+def per_test_cells(run: Run, names: list[str]) -> str:
     cells = []
     for name in names:
         ms, outcome = run.ms(name), run.outcomes.get(name, "not run")
         cell = fmt(ms) if ms is not None else "-"
         cells.append(cell if outcome == "ok" else f"{cell} ({outcome})")
-    return f"  {run.label}: " + " | ".join(cells)
+    return " | ".join(cells)
 
 
 def run_line(run: Run) -> str:
@@ -611,7 +626,7 @@ def compare_section(title: str, runs: list[Run], note: str, fmt_name: str) -> Se
     section.lines += [per_test_line(run, run.ids()) for run in runs]
     section.lines += [run_line(run) for run in runs]
     trouble = [line for run in runs for line in outcome_lines(run)]
-    section.lines += ["not passed or not counted (never in a median or a mean):", *trouble] if trouble else []
+    section.lines += [TROUBLE, *trouble] if trouble else []
     section.ok = ours_ok(runs)
     return section
 
@@ -710,11 +725,10 @@ def scenario_pytest(args: argparse.Namespace, root: str) -> Section:
     )
     section.lines.append("each test, ms (setUp to the last cleanup, in order; file 1 | file 2):")
     for run in runs:
-        first, second = run.ids("test_bench_ddp_1."), run.ids("test_bench_ddp_2.")
-        section.lines.append(per_test_line(run, first) + "  ||  " + per_test_line(run, second).split(": ", 1)[1])
+        section.lines.append(per_test_line(run, run.ids("test_bench_ddp_1."), run.ids("test_bench_ddp_2.")))
     section.lines += [run_line(run) for run in runs]
     trouble = [line for run in runs for line in outcome_lines(run)]
-    section.lines += ["not passed or not counted (never in a median or a mean):", *trouble] if trouble else []
+    section.lines += [TROUBLE, *trouble] if trouble else []
     section.ok = ours_ok(runs)
     return section
 
@@ -776,7 +790,7 @@ def scenario_whole_file(args: argparse.Namespace, root: str) -> Section:
     section.lines += [per_test_line(run, run.ids()) for run in runs]
     section.lines += [run_line(run) for run in [*runs, *imports]]
     trouble = [line for run in runs for line in outcome_lines(run)]
-    section.lines += ["not passed or not counted:", *trouble] if trouble else []
+    section.lines += [TROUBLE, *trouble] if trouble else []
     section.ok = ours_ok(runs) and all(r.code == 0 for r in imports)
     return section
 
@@ -865,7 +879,7 @@ def scenario_memory(args: argparse.Namespace, root: str) -> Section:
     )
     section.lines += [run_line(run) for run in runs]
     trouble = [line for run in runs for line in outcome_lines(run)]
-    section.lines += ["not passed or not counted:", *trouble] if trouble else []
+    section.lines += [TROUBLE, *trouble] if trouble else []
     section.ok = ours_ok(runs)
     return section
 
