@@ -33,7 +33,21 @@ from the second on that passed (how many is said). A test that failed, that
 its class's own timeout stopped (``DISTRIBUTED_TESTS_DEFAULT_TIMEOUT`` for
 PyTorch's, ``DISTRIBUTED_TESTING_TIMEOUT`` for ours, both ``--timeout``), or
 that was still running when the run hit its wall-clock limit, is reported
-apart by name and never enters a median or a mean.
+apart by name and never enters a median or a mean. A scenario fails (exit
+code 1) when a test of either side fails, dies or is still running at the
+wall-clock limit; a test its class's own timeout stopped does not fail it.
+
+Why DDP tests time out, in both classes: torch's deadlock, not the classes'.
+The test calls ``destroy_process_group()`` while the DDP module is alive; when
+the test method returns, freeing the module frees its ``Reducer``, which holds
+the last reference to the gloo group, and ``~ProcessGroupGloo`` joins gloo's
+worker threads while holding the GIL; a worker thread freeing a finished
+all-reduce's ``ThreadLocalState`` waits for the GIL to release a Python object
+(gdb: ``~Reducer -> ~ProcessGroupGloo -> std::thread::join`` on the main
+thread, ``~AsyncAllreduceWork -> ~ThreadLocalState -> SafePyObject decref ->
+take_gil`` on a ``pt_gloo_runloop`` thread). The test is kept as written
+(it is what tests look like); ``del ddp`` before ``destroy_process_group()``
+avoids the deadlock (ours: none in 30 tests, against 9 in 30 without).
 """
 
 from __future__ import annotations
@@ -542,7 +556,7 @@ def run_line(run: Run) -> str:
 
 @dataclass
 class Section:
-    """A scenario's report: its lines, and whether every run of ours passed and none was killed."""
+    """A scenario's report: its lines, and whether its runs went as they should (see ``runs_ok``)."""
 
     title: str
     lines: list[str] = field(default_factory=list)
@@ -593,17 +607,20 @@ def run_unittest_file(
     return run
 
 
-def ours_ok(runs: list[Run]) -> bool:
-    """Every test of ours passed; no run of either side was killed at its limit or failed oddly."""
-    for run in runs:
-        if run.code is None:
-            return False
-        bad = run.not_ok()
-        if run.side == OURS and bad:
-            return False
-        if run.side == PYTORCH and set(bad) - {"timed out"}:
-            return False
-    return True
+def runs_ok(runs: list[Run]) -> bool:
+    """No run was killed at its wall-clock limit, and every test passed or was stopped by its
+    class's own timeout (reported apart: torch's DDP teardown deadlock hits both sides)."""
+    return all(run.code is not None and not set(run.not_ok()) - {"timed out"} for run in runs)
+
+
+def deadlock_note(runs: list[Run]) -> list[str]:
+    """What a timed-out DDP test most likely is (see the module's docstring)."""
+    if not any("timed out" in run.not_ok() for run in runs):
+        return []
+    return [
+        "note: a timed-out DDP test is most likely torch's own deadlock (both classes): the DDP module, freed "
+        "after destroy_process_group, frees the gloo group while holding the GIL; see tools/bench_scenarios.py."
+    ]
 
 
 def compare_section(title: str, runs: list[Run], note: str, fmt_name: str) -> Section:
@@ -627,14 +644,14 @@ def compare_section(title: str, runs: list[Run], note: str, fmt_name: str) -> Se
     section.lines += [run_line(run) for run in runs]
     trouble = [line for run in runs for line in outcome_lines(run)]
     section.lines += [TROUBLE, *trouble] if trouble else []
-    section.ok = ours_ok(runs)
+    section.ok = runs_ok(runs)
     return section
 
 
 def scenario_ddp(args: argparse.Namespace, root: str) -> Section:
     tests = args.scenario_tests["ddp"]
     runs = [run_unittest_file("ddp", "ddp", side, 2, tests, args, root) for side in (PYTORCH, OURS)]
-    return compare_section(
+    section = compare_section(
         f"ddp: DistributedDataParallel over gloo, an MLP's gradients checked, world size 2, "
         f"python file.py -v, {tests} tests per file",
         runs,
@@ -642,6 +659,8 @@ def scenario_ddp(args: argparse.Namespace, root: str) -> Section:
         "(ranks started, the test, the ranks joined).",
         args.format,
     )
+    section.lines += deadlock_note(runs)
+    return section
 
 
 def scenario_dtensor(args: argparse.Namespace, root: str) -> Section:
@@ -729,7 +748,8 @@ def scenario_pytest(args: argparse.Namespace, root: str) -> Section:
     section.lines += [run_line(run) for run in runs]
     trouble = [line for run in runs for line in outcome_lines(run)]
     section.lines += [TROUBLE, *trouble] if trouble else []
-    section.ok = ours_ok(runs)
+    section.lines += deadlock_note(runs)
+    section.ok = runs_ok(runs)
     return section
 
 
@@ -791,7 +811,7 @@ def scenario_whole_file(args: argparse.Namespace, root: str) -> Section:
     section.lines += [run_line(run) for run in [*runs, *imports]]
     trouble = [line for run in runs for line in outcome_lines(run)]
     section.lines += [TROUBLE, *trouble] if trouble else []
-    section.ok = ours_ok(runs) and all(r.code == 0 for r in imports)
+    section.ok = runs_ok(runs) and all(r.code == 0 for r in imports)
     return section
 
 
@@ -880,7 +900,7 @@ def scenario_memory(args: argparse.Namespace, root: str) -> Section:
     section.lines += [run_line(run) for run in runs]
     trouble = [line for run in runs for line in outcome_lines(run)]
     section.lines += [TROUBLE, *trouble] if trouble else []
-    section.ok = ours_ok(runs)
+    section.ok = runs_ok(runs)
     return section
 
 
