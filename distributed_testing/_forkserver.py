@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from distributed_testing import _server
+from distributed_testing._errors import DistributedTestingError
 
 __all__ = ["ForkedProcess", "learn", "prepare", "prepare_for", "process_class", "shutdown"]
 
@@ -51,7 +52,7 @@ _asked: set[str] = set()  # modules already sent to the server to learn
 _ATTEMPTS = 4  # servers tried for one rank before giving up
 
 
-class ServerError(RuntimeError):
+class ServerError(DistributedTestingError):
     """The fork server could not start or fork a rank."""
 
 

@@ -70,8 +70,10 @@ def prepare_process(ctx: RankContext) -> None:
     """Make this process a rank: tied to its parent, output captured, stacks on demand."""
     global in_rank
     in_rank = True
-    _server.die_with_parent()  # the test process (spawn) or the fork server, which dies with it
-    _redirect_output(ctx.output_path)
+    if modules_at_start is None:  # spawned: a rank forked by our server did both at birth
+        _server.die_with_parent()  # tied to the test process
+        _server.redirect_output(ctx.output_path)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked rank may inherit the runner's handler
@@ -109,12 +111,6 @@ def _stop_children() -> None:
             child.kill()
             child.join()
 
-
-
-def _redirect_output(path: str) -> None:
-    """Send fd 1 and 2 (Python, logging and C++ output alike) to the rank's log."""
-    _server.redirect_output(path)
-    faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 def _register_stack_dump(path: str, signum: int) -> None:
