@@ -78,7 +78,7 @@ class DistBackendTestCase(MultiProcessTestCase):
             torch.cuda.set_device(self.rank % max(torch.cuda.device_count(), 1))
         rendezvous: dict[str, Any] = {"init_method": settings.init_method}
         if self._dt_launch_key is not None:  # torchrun mode: a store namespace per test
-            rendezvous = {"store": _launched_run().test_store(self._dt_launch_key)}
+            rendezvous = {"store": _torchrun_run().test_store(self._dt_launch_key)}
         elif settings.init_method.startswith("file://"):
             rendezvous = {"init_method": f"file://{_file_rendezvous(settings.init_method, self.file_name)}"}
         dist.init_process_group(
@@ -100,7 +100,7 @@ class DistBackendTestCase(MultiProcessTestCase):
 
     def _dt_store_barrier(self, wait: float) -> None:
         """torchrun mode: ranks may be on other machines, so the barrier lives in the store."""
-        store = _launched_run().store
+        store = _torchrun_run().store
         self._dt_barrier_count = getattr(self, "_dt_barrier_count", 0) + 1
         prefix = f"barrier/{self._dt_launch_key}/{self._dt_barrier_count}"
         store.set(f"{prefix}/{self.rank}", b"1")
@@ -142,10 +142,10 @@ def _file_rendezvous(init_method: str, file_name: str) -> str:
     return path
 
 
-def _launched_run() -> Any:
-    from distributed_testing import _launched
+def _torchrun_run() -> Any:
+    from distributed_testing import _torchrun
 
-    return _launched.current()
+    return _torchrun.current()
 
 
 def _token(file_name: str) -> str:

@@ -18,8 +18,8 @@ import expecttest
 
 from distributed_testing import _config, _devices, _launcher, _outcomes, _pool, _rank
 from distributed_testing._assertions import TensorAssertions
-from distributed_testing._examples import is_hypothesis_test, run_examples
 from distributed_testing._guards import guard_reason
+from distributed_testing._hypothesis import is_hypothesis_test, run_examples
 from distributed_testing._testcase import checked_method_name, choose_start_method, raise_outcome, rerun_command
 from distributed_testing._world_sizes import declared_world_size, expand_world_sizes
 

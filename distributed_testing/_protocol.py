@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
-__all__ = ["EXITED", "FAILED", "PASSED", "SKIPPED", "ErrorInfo", "PoolReady", "RankContext", "RankResult"]
+__all__ = [
+    "ERROR",
+    "EXITED",
+    "FAILED",
+    "HUNG",
+    "PASSED",
+    "SKIPPED",
+    "STOPPED",
+    "TEST_OUTCOMES",
+    "ErrorInfo",
+    "PoolReady",
+    "RankContext",
+    "RankOutcome",
+    "RankResult",
+    "TestOutcome",
+]
 
-# A rank's own verdict on the test it ran.
-PASSED = "passed"
-FAILED = "failed"
-SKIPPED = "skipped"
-EXITED = "exited"  # the test called sys.exit(n) with n != 0 and not a skip code
+# The one vocabulary of outcomes. A test ends in a TestOutcome (reports, the JSON
+# record, JUnit and the matrix tool all use these words); a rank in a RankOutcome:
+# what it reported (passed, failed, skipped, exited) or what the parent saw (hung, stopped).
+TestOutcome = Literal["passed", "failed", "error", "skipped"]
+RankOutcome = Literal["passed", "failed", "skipped", "exited", "hung", "stopped"]
+TEST_OUTCOMES: Final[tuple[TestOutcome, ...]] = get_args(TestOutcome)
+
+PASSED: Final = "passed"
+FAILED: Final = "failed"  # a test: an assertion failed; a rank: anything raised
+ERROR: Final = "error"  # a test: something other than an assertion went wrong
+SKIPPED: Final = "skipped"
+EXITED: Final = "exited"  # the test called sys.exit(n) with n != 0 and not a skip code
+HUNG: Final = "hung"  # still running at the deadline
+STOPPED: Final = "stopped"  # stopped by the parent after a peer failed
 
 
 @dataclass(frozen=True)
@@ -31,7 +55,7 @@ class RankResult:
 
     rank: int
     pid: int
-    status: str
+    status: RankOutcome  # passed, failed, skipped or exited
     errors: tuple[ErrorInfo, ...] = ()
     reason: str = ""  # the skip reason
     exit_code: int = 0  # the code this rank's process exits with

@@ -268,7 +268,7 @@ def run_in_rank(
     _case_built = case
     expectations.clear()
     if current_example is not None:  # the parent drew it: run the body on exactly that
-        from distributed_testing._examples import bind_example
+        from distributed_testing._hypothesis import bind_example
 
         name = case._testMethodName
         setattr(case, name, bind_example(case, name, current_example))

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from distributed_testing import _config, _janitor
 from distributed_testing._errors import ConfigError
-from distributed_testing._report import RecordingResult, write_report
+from distributed_testing._record import RecordingResult, write_report
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NO_TESTS", "EXIT_OK", "EXIT_USAGE", "main", "run_tests"]
 

@@ -23,8 +23,8 @@ import expecttest
 from distributed_testing import _config, _devices, _expect, _janitor, _launcher, _outcomes, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
-from distributed_testing._examples import is_hypothesis_test, run_examples
 from distributed_testing._guards import guard_reason
+from distributed_testing._hypothesis import is_hypothesis_test, run_examples
 from distributed_testing._protocol import PASSED, RankContext
 from distributed_testing._world_sizes import expand_world_sizes
 
@@ -112,7 +112,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         def wrapper(self: MultiProcessTestCase) -> Any:
             __tracebackhide__ = True
             if self._dt_launch_key is not None:
-                return self._dt_run_launched(fn)
+                return self._dt_run_torchrun(fn)
             if self.rank == self.MAIN_PROCESS_RANK:
                 return self._join_processes(fn)
             return fn()
@@ -186,9 +186,9 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
 
     def _dt_join_launch(self) -> None:
         """torchrun mode: this process is one rank; the test runs here, in place."""
-        from distributed_testing import _launched
+        from distributed_testing import _torchrun
 
-        run = _launched.current()
+        run = _torchrun.current()
         assert run is not None
         wanted = _config.parse_world_size(self.world_size, f"{type(self).__name__}.world_size")
         if wanted != run.launch.world_size:
@@ -197,14 +197,14 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         self.rank = run.launch.rank
         self.file_name = run.rendezvous_file(self._dt_launch_key)
 
-    def _dt_run_launched(self, fn: Any) -> None:
+    def _dt_run_torchrun(self, fn: Any) -> None:
         __tracebackhide__ = True
-        from distributed_testing import _launched
+        from distributed_testing import _torchrun
 
         assert self._dt_launch_key is not None
         timeout = _config.resolve_timeout(type(self).timeout, _config.load())
-        outcome = _launched.run_in_place(self, fn, self._dt_launch_key, timeout)
-        shown = _outcomes.Outcome(outcome.kind, _launched.printed_once(outcome, self.rank), outcome.failed_ranks)
+        outcome = _torchrun.run_in_place(self, fn, self._dt_launch_key, timeout)
+        shown = _outcomes.Outcome(outcome.kind, _torchrun.printed_once(outcome, self.rank), outcome.failed_ranks)
         raise_outcome(self, shown, outcome.kind == _outcomes.ERROR and "timed out" in outcome.message)
 
     def _start_processes(self, proc: Any) -> None:

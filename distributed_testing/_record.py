@@ -1,4 +1,4 @@
-"""A machine-readable record of a run: each test's outcome, reason and duration, as JSON.
+"""A machine-readable record of a run, as JSON: each test's outcome, reason, duration and ranks.
 
 Written by ``run_tests()`` when ``DISTRIBUTED_TESTING_REPORT`` names a file;
 the matrix tool reads it instead of parsing unittest's text.
