@@ -34,15 +34,7 @@ class DistBackendTestCase(MultiProcessTestCase):
     """
 
     _dt_spawns_in_setup = True
-
-    @property
-    def world_size(self) -> int:
-        required = getattr(self._dt_method(), "_required_world_size", None)
-        return int(required or _config.load().world_size or DEFAULT_WORLD_SIZE)
-
-    def setUp(self) -> None:
-        super().setUp()
-        self._spawn_processes()
+    _dt_default_world_size = DEFAULT_WORLD_SIZE
 
     def _dt_cleanup(self) -> None:
         file_name = self.file_name

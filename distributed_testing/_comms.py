@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from distributed_testing import _config, _devices
+from distributed_testing import _config, _devices, _rank
 from distributed_testing._errors import ConfigError, DistributedTestingError
 from distributed_testing._guards import GUARDS_ATTR
 from distributed_testing._testcase import MultiProcessTestCase
@@ -134,7 +134,6 @@ class _Comms:
 
     def _abort_comms(self: Any) -> None:
         """Tear down after a failure without waiting for peers that may be gone."""
-        import torch.distributed as dist
         from torch.distributed import rpc
 
         if _rpc_running():
@@ -142,26 +141,13 @@ class _Comms:
                 rpc.shutdown(graceful=False)
             except Exception:
                 pass
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:
-                pass
+        _rank.destroy_default_group()
 
 
 class ShardedTensorTestBase(_Comms, MultiProcessTestCase):
     """PyTorch's sharded-tensor base: ranks spawned in setUp, comms set up by the test."""
 
     _dt_spawns_in_setup = True
-
-    @property
-    def world_size(self) -> int:
-        required = getattr(self._dt_method(), "_required_world_size", None)
-        return int(required or _config.load().world_size or 4)
-
-    def setUp(self) -> None:
-        super().setUp()
-        self._spawn_processes()
 
     def assert_sharded_tensor_equal(self, st1: Any, st2: Any) -> None:
         """Equal local shards (tensors and metadata), global metadata and sharding spec,
@@ -184,11 +170,6 @@ class DTensorTestBase(_Comms, MultiProcessTestCase):
     comms_init_rpc = False
 
     @property
-    def world_size(self) -> int:
-        required = getattr(self._dt_method(), "_required_world_size", None)
-        return int(required or _config.load().world_size or 4)
-
-    @property
     def device_type(self) -> str:
         """cuda when every rank can have its own GPU, else cpu."""
         return "cuda" if _devices.cuda_device_count() >= self.world_size else "cpu"
@@ -197,10 +178,6 @@ class DTensorTestBase(_Comms, MultiProcessTestCase):
     def backend(self) -> str:
         """The backend matching ``device_type``."""
         return "nccl" if self.device_type == "cuda" else "gloo"
-
-    def setUp(self) -> None:
-        super().setUp()
-        self._spawn_processes()
 
     def init_pg(self, backend: str | None = None, eager_init: bool = False) -> None:
         """As ``_Comms.init_pg``, defaulting to the backend of ``device_type``."""

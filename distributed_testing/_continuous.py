@@ -16,12 +16,11 @@ from typing import Any, ClassVar
 
 import expecttest
 
-from distributed_testing import _config, _devices, _launcher, _outcomes, _pool, _rank
+from distributed_testing import _config, _devices, _launcher, _pool, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._guards import guard_reason
 from distributed_testing._hypothesis import is_hypothesis_test, run_examples
-from distributed_testing._testcase import checked_method_name, choose_start_method, raise_outcome, rerun_command
-from distributed_testing._world_sizes import declared_world_size, expand_world_sizes
+from distributed_testing._world_sizes import checked_method_name, declared_world_size, expand_world_sizes
 
 __unittest = True
 
@@ -146,31 +145,8 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
         """Run the test (or one hypothesis example of it) on the pool and raise its outcome."""
         __tracebackhide__ = True
         size = self._dt_size
-        pool = _pool.get_pool(type(self), size, functools.partial(_start_pool, type(self), size))
-        settings = _config.load()
-
-        def is_failure(handle: _launcher.RankHandle) -> bool:
-            from distributed_testing._testcase import view
-
-            return _outcomes.rank_failed(view(handle, with_output=False), None, False)
-
-        try:
-            views, waited = pool.run(self._testMethodName, _timeout_seconds(type(self)), is_failure, example)
-        except BaseException:
-            _pool.discard(type(self), size)
-            raise
-        if not pool.healthy:
-            _pool.discard(type(self), size)
-        outcome = _outcomes.fold(
-            views,
-            test_id=self.id(),
-            world_size=size,
-            timed_out=waited.timed_out,
-            timeout=_timeout_seconds(type(self)),
-            first_failure=waited.first_failure,
-            rerun=rerun_command(self, settings, size),
-        )
-        raise_outcome(self, outcome, waited.timed_out, views)
+        start = functools.partial(_start_pool, type(self), size)
+        _pool.drive(self, size, start, _timeout_seconds(type(self)), example)
 
 
 def pool_world_size(cls: type, method: Any) -> int:
@@ -195,7 +171,7 @@ def _timeout_seconds(cls: type) -> float:
 
 def _start_pool(cls: type, size: int) -> _pool.RankPool:
     settings = _config.load()
-    method = choose_start_method(_config.resolve_start_method(getattr(cls, "start_method", None), settings))
+    method = _launcher.choose_start_method(_config.resolve_start_method(getattr(cls, "start_method", None), settings))
     env = {"WORLD_SIZE": str(size), "BACKEND": settings.backend}
     return _pool.RankPool(cls, size, method, _timeout_seconds(cls), env)
 

@@ -7,19 +7,24 @@ SIGKILL. At the deadline every live rank is asked for its stacks first.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed_testing import _forkserver, _server
+from distributed_testing import _devices, _forkserver, _server
+from distributed_testing._outcomes import RankView
 from distributed_testing._protocol import RankContext, RankResult
 
 __unittest = True
+
+logger = logging.getLogger(__name__)
 
 STACK_SIGNAL = signal.SIGUSR1
 FAILURE_GRACE = 0.5  # seconds other ranks may take to report after one fails
@@ -135,6 +140,7 @@ def collect_stacks(ranks: list[RankHandle]) -> None:
             try:
                 os.kill(handle.process.pid, STACK_SIGNAL)
                 asked.append(handle)
+                logger.debug("deadline: asked rank %d (pid %s) for its stacks", handle.rank, handle.process.pid)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + STACK_WAIT
@@ -163,12 +169,15 @@ def stop_ranks(ranks: list[RankHandle]) -> None:
     """Stop every live rank: SIGTERM, then SIGKILL after a grace period; reap all."""
     live = [r for r in ranks if r.exitcode is None]
     for handle in live:
+        logger.debug("rank %d (pid %s) still running: SIGTERM", handle.rank, handle.process.pid)
         _signal(handle, signal.SIGTERM)
         handle.stopped = "SIGTERM"
     deadline = time.monotonic() + TERM_GRACE
     for handle in live:
         handle.process.join(max(0.0, deadline - time.monotonic()))
         if handle.exitcode is None:
+            logger.debug("rank %d (pid %s) still running %g s after SIGTERM: SIGKILL", handle.rank,
+                         handle.process.pid, TERM_GRACE)
             _signal(handle, signal.SIGKILL)
             handle.stopped = "SIGKILL"
     for handle in ranks:
@@ -232,6 +241,41 @@ def process_class(method: str, module: str) -> Any:
     return _forkserver.process_class(module)
 
 
+_warned_fallback = False
+
+
+def choose_start_method(method: str) -> str:
+    """fork unless CUDA is initialised here: then, most likely, importing the test
+    module initialised it, and the fork server would hold it too. Spawn, said once."""
+    global _warned_fallback
+    if method != "fork" or not _devices.cuda_initialized():
+        return method
+    logger.debug("CUDA is initialised in the test process: ranks start with spawn")
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            "distributed_testing: CUDA is initialised in this process, so ranks start "
+            "with spawn instead of fork (a forked CUDA context is unusable)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return "spawn"
+
+
+def view(handle: RankHandle, with_output: bool, offset: int = 0) -> RankView:
+    """What the parent knows of one rank, for folding (its output read only when asked)."""
+    return RankView(
+        rank=handle.rank,
+        pid=handle.process.pid,
+        result=handle.result,
+        exitcode=handle.exitcode,
+        stopped=handle.stopped,
+        finished_at=handle.finished_at,
+        stacks=handle.stacks,
+        output=read_output(handle.output_path, offset=offset) if with_output else "",
+    )
+
+
 def start_rank(
     proc: Callable[..., Any],
     target: Callable[..., None],
@@ -255,4 +299,5 @@ def start_rank(
     else:
         process.start()
     child_conn.close()
+    logger.debug("started rank %d (pid %s, %s) of %s", rank, process.pid, type(process).__name__, ctx.test_id)
     return RankHandle(rank, process, parent_conn, ctx.output_path, ctx.stacks_path)

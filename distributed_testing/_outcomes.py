@@ -1,22 +1,34 @@
-"""Outcome: fold what every rank did into one test outcome and one readable report.
+"""Outcome: fold what every rank did into one test outcome, as data.
 
-Plain functions over plain data, testable without starting a process.
+Plain functions over plain data, testable without starting a process. The
+folded :class:`Outcome` holds each rank's part; ``_render`` turns it into the
+unittest report, pytest sections and the JSON record.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from distributed_testing._protocol import EXITED, FAILED, PASSED, SKIPPED, ErrorInfo, RankResult
+from distributed_testing._protocol import (
+    ERROR,
+    EXITED,
+    FAILED,
+    HUNG,
+    PASSED,
+    SKIPPED,
+    STOPPED,
+    ErrorInfo,
+    RankOutcome,
+    RankResult,
+    TestOutcome,
+)
+from distributed_testing._stacks import summarize_stacks, trim_stacks
 
-__all__ = ["Outcome", "RankView", "fold", "rank_failed", "rank_list", "signal_name", "summarize_stacks"]
+__all__ = ["Outcome", "RankReport", "RankView", "fold", "rank_failed", "rank_list", "signal_name"]
 
-PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
+SUMMARY_LIMIT = 200  # characters of an exception message in a one-line summary
 
 
 @dataclass(frozen=True)
@@ -34,22 +46,58 @@ class RankView:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """One test's folded outcome: ``kind`` is pass, fail, error or skip."""
+class RankReport:
+    """One rank's part of a test's outcome."""
 
-    kind: str
-    message: str = ""
-    failed_ranks: tuple[int, ...] = ()
+    rank: int
+    outcome: RankOutcome  # passed, failed, skipped, hung or stopped
+    summary: str = ""  # one line: "ValueError: boom (in setUp)", a skip reason, "died with SIGSEGV ..."
+    exc_type: str = ""  # the first exception's type
+    traceback: str = ""  # every traceback the rank reported
+    assertion: bool = False  # every exception was an AssertionError
+    pid: int | None = None
+    exit_code: int | None = None  # the process's exit code (None: unknown, or killed by a signal)
+    signal: str = ""  # "SIGSEGV": the process died by this signal
+    died: bool = False  # the process ended without (or after) reporting: its pid is named
+    stacks: str = ""  # a hung rank's stacks, framework frames trimmed
+    where: str = ""  # a hung rank: "in all_reduce at test_x.py:41"
+    output: str = ""  # what the rank printed
+    first: bool = False  # this rank failed first
+    consequence: bool = False  # failed after another rank had: maybe only a consequence
+
+    @property
+    def bad(self) -> bool:
+        return self.outcome in (FAILED, HUNG)
 
 
 @dataclass(frozen=True)
-class _Verdict:
-    rank: int
-    kind: str  # ok, skip, fail, stopped, hung
-    summary: str = ""  # what happened, without the rank: "ValueError: boom"
-    detail: str = ""  # the traceback shown once per group
-    assertion: bool = False
-    pid: str = ""  # "pid N" of a rank that died: named in the header, not grouped on
+class Outcome:
+    """One test's folded outcome: ``kind`` and every rank's :class:`RankReport`."""
+
+    kind: TestOutcome
+    test_id: str = ""
+    world_size: int = 0
+    ranks: tuple[RankReport, ...] = ()
+    timed_out: bool = False
+    timeout: float = 0.0
+    first_failure: int | None = None
+    rerun: str = ""  # the command that re-runs just this test
+    note: str = ""  # text added after the fold: an expectation the ranks disagree on
+    printed_by: int | None = None  # torchrun mode: the rank that prints the full report
+
+    @property
+    def failed_ranks(self) -> tuple[int, ...]:
+        bad = tuple(r.rank for r in self.ranks if r.bad)
+        if bad or self.kind != ERROR:
+            return bad
+        return tuple(r.rank for r in self.ranks if r.outcome == STOPPED)
+
+    @property
+    def message(self) -> str:
+        """The unittest report (a skip: its reason)."""
+        from distributed_testing._render import text
+
+        return text(self)
 
 
 def signal_name(code: int) -> str:
@@ -75,51 +123,12 @@ def rank_list(ranks: Sequence[int]) -> str:
     return ", ".join(parts) if ordered else ""
 
 
-def _ranks_word(ranks: Sequence[int]) -> str:
-    return f"rank{'s' * (len(ranks) > 1)} {rank_list(ranks)}"
-
-
-SUMMARY_LIMIT = 200  # characters of an exception message in a one-line summary
-
-
 def _error_summary(error: ErrorInfo) -> str:
     message = error.message
     if len(message) > SUMMARY_LIMIT:
         message = message[:SUMMARY_LIMIT] + " [...]"
     text = f"{error.exc_type}: {message}" if message else error.exc_type
     return f"{text} (in {error.where})" if error.where else text
-
-
-def _classify(view: RankView, expected_code: int | None, ignore_codes: bool, timed_out: bool) -> _Verdict:
-    result, code = view.result, view.exitcode
-    pid = f"pid {view.pid}" if view.pid else ""
-    if timed_out and view.stacks and (result is None or result.status != FAILED):
-        return _Verdict(view.rank, "hung", "still running at the deadline")
-    if result is not None and result.status == FAILED:
-        first = result.errors[0]
-        detail = "\n\n".join(e.traceback for e in result.errors)
-        assertion = all(e.is_assertion for e in result.errors)
-        return _Verdict(view.rank, "fail", _error_summary(first), detail, assertion)
-    if result is not None and result.status == EXITED:
-        if ignore_codes or result.exit_code == expected_code:
-            return _Verdict(view.rank, "ok")
-        return _Verdict(view.rank, "fail", f"the test called sys.exit({result.exit_code})")
-    if result is not None and result.status == SKIPPED:
-        return _Verdict(view.rank, "skip", result.reason)
-    if view.stopped:
-        if timed_out:
-            after = "reported that it passed, then was " if result is not None else ""
-            return _Verdict(view.rank, "hung", f"{after}still running at the deadline")
-        return _Verdict(view.rank, "stopped")
-    if ignore_codes or (expected_code is not None and code == expected_code):
-        return _Verdict(view.rank, "ok")
-    if result is not None and result.status == PASSED:
-        if expected_code is not None and view.rank == 0:
-            return _Verdict(view.rank, "fail", f"exited with code {code}, expected {expected_code}")
-        if code in (0, None):
-            return _Verdict(view.rank, "ok")
-        return _Verdict(view.rank, "fail", f"passed, then its process {_death(code)}", pid=pid)
-    return _Verdict(view.rank, "fail", f"{_death(code)} before reporting a result", pid=pid)
 
 
 def _death(code: int | None) -> str:
@@ -130,11 +139,54 @@ def _death(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _classify(view: RankView, expected_code: int | None, ignore_codes: bool, timed_out: bool) -> RankReport:
+    """One rank's outcome, before the rest of the fold (first/consequence, stacks, output)."""
+    result, code = view.result, view.exitcode
+    base = RankReport(
+        view.rank,
+        PASSED,
+        pid=view.pid,
+        exit_code=code if code is None or code >= 0 else None,
+        signal=signal_name(code) if code is not None and code < 0 else "",
+    )
+
+    def report(outcome: RankOutcome, summary: str = "", **fields: object) -> RankReport:
+        return RankReport(**{**base.__dict__, "outcome": outcome, "summary": summary, **fields})  # type: ignore[arg-type]
+
+    if timed_out and view.stacks and (result is None or result.status != FAILED):
+        return report(HUNG, "still running at the deadline")
+    if result is not None and result.status == FAILED:
+        first = result.errors[0]
+        detail = "\n\n".join(e.traceback for e in result.errors)
+        assertion = all(e.is_assertion for e in result.errors)
+        return report(FAILED, _error_summary(first), exc_type=first.exc_type, traceback=detail, assertion=assertion)
+    if result is not None and result.status == EXITED:
+        if ignore_codes or result.exit_code == expected_code:
+            return report(PASSED)
+        return report(FAILED, f"the test called sys.exit({result.exit_code})", exc_type="SystemExit")
+    if result is not None and result.status == SKIPPED:
+        return report(SKIPPED, result.reason)
+    if view.stopped:
+        if timed_out:
+            after = "reported that it passed, then was " if result is not None else ""
+            return report(HUNG, f"{after}still running at the deadline")
+        return report(STOPPED)
+    if ignore_codes or (expected_code is not None and code == expected_code):
+        return report(PASSED)
+    if result is not None and result.status == PASSED:
+        if expected_code is not None and view.rank == 0:
+            return report(FAILED, f"exited with code {code}, expected {expected_code}")
+        if code in (0, None):
+            return report(PASSED)
+        return report(FAILED, f"passed, then its process {_death(code)}", died=bool(view.pid))
+    return report(FAILED, f"{_death(code)} before reporting a result", died=bool(view.pid))
+
+
 def rank_failed(view: RankView, expected_code: int | None, ignore_codes: bool) -> bool:
     """Whether one finished rank has already failed the test (used to stop the rest early)."""
     if view.exitcode is None and view.result is not None and view.result.status in (PASSED, SKIPPED):
         return False  # reported, still exiting: judge its exit code later
-    return _classify(view, expected_code, ignore_codes, False).kind == "fail"
+    return _classify(view, expected_code, ignore_codes, False).outcome == FAILED
 
 
 def fold(
@@ -149,170 +201,29 @@ def fold(
     ignore_codes: bool = False,
     rerun: str = "",
 ) -> Outcome:
-    """Fold the ranks' views into one outcome with its report."""
-    verdicts = [_classify(v, expected_code, ignore_codes, timed_out) for v in views]
-    bad = [v for v in verdicts if v.kind in ("fail", "hung")]
+    """Fold the ranks' views into one outcome."""
+    reports = []
+    failures = sum(_classify(v, expected_code, ignore_codes, timed_out).outcome == FAILED for v in views)
+    for view in views:
+        report = _classify(view, expected_code, ignore_codes, timed_out)
+        extra: dict[str, object] = {"output": view.output}
+        if report.outcome == HUNG:
+            extra |= {"stacks": trim_stacks(view.stacks), "where": summarize_stacks(view.stacks)}
+        if report.outcome == FAILED and failures > 1 and first_failure is not None:
+            extra |= {"first": view.rank == first_failure, "consequence": view.rank != first_failure}
+        reports.append(RankReport(**{**report.__dict__, **extra}))  # type: ignore[arg-type]
+    kind = _kind(reports, timed_out)
+    return Outcome(kind, test_id, world_size, tuple(reports), timed_out, timeout, first_failure, rerun)
+
+
+def _kind(reports: list[RankReport], timed_out: bool) -> TestOutcome:
+    bad = [r for r in reports if r.bad]
     if timed_out:
-        return Outcome(ERROR, _timeout_report(views, verdicts, test_id, timeout, rerun), tuple(v.rank for v in bad))
+        return ERROR
     if bad:
-        kind = FAIL if all(v.assertion for v in bad) else ERROR
-        report = _failure_report(views, verdicts, world_size, first_failure, rerun)
-        return Outcome(kind, report, tuple(v.rank for v in bad))
-    stopped = [v.rank for v in verdicts if v.kind == "stopped"]
-    if stopped:  # the parent stopped ranks, yet no rank failed: never call that a pass
-        verb = "were" if len(stopped) > 1 else "was"
-        message = f"{_ranks_word(stopped)} {verb} stopped, but no rank reported a failure"
-        return Outcome(ERROR, message + (f"\n\nRe-run: {rerun}" if rerun else ""), tuple(stopped))
-    skips = [v for v in verdicts if v.kind == "skip"]
-    if skips:
-        return Outcome(SKIP, _skip_reason(skips))
-    return Outcome(PASS)
-
-
-def _skip_reason(skips: list[_Verdict]) -> str:
-    reasons = {v.summary for v in skips}
-    if len(reasons) == 1:
-        return reasons.pop()
-    return "; ".join(f"rank {v.rank}: {v.summary}" for v in skips)
-
-
-def _groups(bad: list[_Verdict]) -> list[list[_Verdict]]:
-    groups: dict[tuple[str, str], list[_Verdict]] = {}
-    for verdict in bad:
-        groups.setdefault((verdict.summary, verdict.detail), []).append(verdict)
-    return list(groups.values())
-
-
-def _failure_report(
-    views: Sequence[RankView],
-    verdicts: list[_Verdict],
-    world_size: int,
-    first_failure: int | None,
-    rerun: str,
-) -> str:
-    bad = [v for v in verdicts if v.kind == "fail"]
-    # The rank that failed first leads: the others may only be consequences.
-    groups = sorted(_groups(bad), key=lambda g: all(v.rank != first_failure for v in g))
-    lines = []
-    for group in groups:
-        ranks = [v.rank for v in group]
-        same = "same " if len(ranks) > 1 else ""
-        pids = ", ".join(v.pid.removeprefix("pid ") for v in group if v.pid)
-        where = f" ({'pids' if ',' in pids else 'pid'} {pids})" if pids else ""
-        lines.append(f"{_ranks_word(ranks)} of {world_size} failed: {same}{group[0].summary}{where}")
-    if len(groups) > 1 and first_failure is not None:
-        lines.append(f"rank {first_failure} failed first; the other failures may be consequences")
-    stopped = [v.rank for v in verdicts if v.kind == "stopped"]
-    if stopped:
-        verb = "were" if len(stopped) > 1 else "was"
-        lines.append(f"{_ranks_word(stopped)} {verb} stopped")
-    for group in groups:
-        if group[0].detail:
-            lines += ["", f"--- {_ranks_word([v.rank for v in group])} ---", group[0].detail]
-    lines += _output_sections(views)
-    if rerun:
-        lines += ["", f"Re-run: {rerun}"]
-    return "\n".join(lines)
-
-
-def _output_sections(views: Sequence[RankView]) -> list[str]:
-    lines: list[str] = []
-    for view in views:
-        text = view.output.rstrip("\n")
-        if text:
-            lines += ["", f"--- rank {view.rank} output ---"]
-            lines += [f"[rank {view.rank}] {line}" for line in text.splitlines()]
-    return lines
-
-
-def _timeout_report(
-    views: Sequence[RankView], verdicts: list[_Verdict], test_id: str, timeout: float, rerun: str
-) -> str:
-    hung = [v.rank for v in verdicts if v.kind == "hung"]
-    still = f"; {_ranks_word(hung)} still running" if hung else ""
-    lines = [f"{test_id} timed out after {timeout:g} s{still}"]
-    for view in views:
-        if view.rank in hung:
-            lines.append(f"  rank {view.rank}: {summarize_stacks(view.stacks)}")
-        else:
-            verdict = verdicts[view.rank] if view.rank < len(verdicts) else None
-            state = verdict.summary if verdict and verdict.summary else "finished"
-            lines.append(f"  rank {view.rank}: {state}")
-    for view in views:
-        if view.rank in hung:
-            stacks = trim_stacks(view.stacks) or "(no stacks: the rank did not answer the stack request)"
-            lines += ["", f"--- rank {view.rank} stacks (most recent call first) ---", stacks]
-    lines += _output_sections(views)
-    if rerun:
-        lines += ["", f"Re-run: {rerun}"]
-    return "\n".join(lines)
-
-
-_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
-# Frames of these directories are the framework's, trimmed from reports.
-_FRAMEWORK = (
-    _PACKAGE_DIR,
-    os.path.join(_STDLIB, "multiprocessing") + os.sep,
-    os.path.join(_STDLIB, "unittest") + os.sep,
-    os.path.join(sysconfig.get_paths()["purelib"], "expecttest") + os.sep,
-)
-# A rank's entry points: older frames belong to the process it was forked from.
-_ENTRY_FILES = (os.path.join(_PACKAGE_DIR, "_rank.py"), os.path.join(_PACKAGE_DIR, "_pool_worker.py"))
-_ENTRY_FUNCTIONS = (" rank_main", " pool_main")
-# Frames of these are libraries: a hung rank's summary names the user's frame.
-_LIBRARIES = (_STDLIB, sysconfig.get_paths()["purelib"] + os.sep, sysconfig.get_paths()["platlib"] + os.sep)
-
-
-def _frame_file(line: str) -> str:
-    match = _FRAME.match(line)
-    return match["file"] if match else ""
-
-
-def _is_framework(path: str) -> bool:
-    return bool(path) and path.startswith(_FRAMEWORK)
-
-
-def _is_library(path: str) -> bool:
-    return path.startswith((*_LIBRARIES, *_FRAMEWORK))
-
-
-def trim_stacks(text: str) -> str:
-    """faulthandler output without the framework's frames, nor those a forked
-    rank inherited from the parent (everything older than the rank's entry)."""
-    kept: list[str] = []
-    in_parent = False
-    for line in text.splitlines():
-        if line.startswith(("Thread ", "Current thread ")):
-            in_parent = False
-        elif _frame_file(line) in _ENTRY_FILES and line.endswith(_ENTRY_FUNCTIONS):
-            in_parent = True
-        if in_parent or _is_framework(_frame_file(line)):
-            continue
-        kept.append(line)
-    return "\n".join(kept).strip("\n")
-
-
-def _thread_blocks(text: str) -> list[list[tuple[str, str, str]]]:
-    blocks: list[list[tuple[str, str, str]]] = []
-    for line in text.splitlines():
-        if line.startswith(("Thread ", "Current thread ")):
-            blocks.append([])
-            continue
-        match = _FRAME.match(line)
-        if match and blocks:
-            blocks[-1].append((match["file"], match["line"], match["func"]))
-    return blocks
-
-
-def summarize_stacks(text: str) -> str:
-    """Where a hung rank was, in one line: ``in all_reduce at test_x.py:41``."""
-    blocks = [b for b in _thread_blocks(text) if any(not _is_library(f) for f, _, _ in b)]
-    if not blocks:
-        return "no Python stack available"
-    frames = blocks[-1]  # the main thread is listed last
-    user = next(frame for frame in frames if not _is_library(frame[0]))
-    inner = frames[0]
-    where = f"{user[0].rsplit('/', 1)[-1]}:{user[1]}"
-    return f"in {inner[2]} at {where}"
+        return FAILED if all(r.assertion for r in bad) else ERROR
+    if any(r.outcome == STOPPED for r in reports):  # stopped, yet no rank failed: never a pass
+        return ERROR
+    if any(r.outcome == SKIPPED for r in reports):
+        return SKIPPED
+    return PASSED

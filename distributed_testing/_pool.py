@@ -9,6 +9,7 @@ a new one.
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing.connection
 import os
 import shutil
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from distributed_testing import _janitor, _launcher, _pool_worker
+from distributed_testing import _config, _janitor, _launcher, _outcomes, _pool_worker, _run
 from distributed_testing._errors import RankFailure
 from distributed_testing._launcher import RankHandle, WaitOutcome
 from distributed_testing._outcomes import RankView
@@ -25,7 +26,9 @@ from distributed_testing._protocol import FAILED, PoolReady, RankContext
 
 __unittest = True
 
-__all__ = ["RankPool", "close_pools", "get_pool"]
+__all__ = ["RankPool", "close_pools", "drive", "get_pool"]
+
+logger = logging.getLogger(__name__)
 
 STOP_GRACE = 2.0  # seconds a stopped pool's ranks may take to leave on their own
 
@@ -94,8 +97,6 @@ class RankPool:
         self, test_name: str, timeout: float, is_failure: Callable[[RankHandle], bool], example: Any = None
     ) -> tuple[list[RankView], WaitOutcome]:
         """Run one test on every rank; return each rank's view and how waiting ended."""
-        from distributed_testing._testcase import view
-
         offsets = [_launcher.file_size(h.output_path) for h in self.handles]
         for handle in self.handles:
             handle.result, handle.finished_at, handle.stacks = None, None, ""
@@ -106,7 +107,7 @@ class RankPool:
         self.healthy = self._fit_for_more()
         if not self.healthy:
             _launcher.stop_ranks([h for h in self.handles if h.result is None])
-        views = [view(h, with_output=True, offset=o) for h, o in zip(self.handles, offsets, strict=True)]
+        views = [_launcher.view(h, with_output=True, offset=o) for h, o in zip(self.handles, offsets, strict=True)]
         return views, waited
 
     def _fit_for_more(self) -> bool:
@@ -167,6 +168,7 @@ def get_pool(cls: type, world_size: int, start: Callable[[], RankPool]) -> RankP
         return pool
     if pool is not None:
         pool.close()
+    logger.debug("starting a pool of %d ranks for %s", world_size, cls.__qualname__)
     try:
         pool = start()
     except RankFailure as failure:
@@ -176,18 +178,47 @@ def get_pool(cls: type, world_size: int, start: Callable[[], RankPool]) -> RankP
     return pool
 
 
-def discard(cls: type, world_size: int) -> None:
+def discard(cls: type, world_size: int, why: str = "the class is done") -> None:
     """Close and forget the pool of ``cls`` at ``world_size``."""
     pool = _pools.pop((cls, world_size), None)
     if isinstance(pool, RankPool):
+        logger.debug("closing the pool of %s at world size %d: %s", cls.__qualname__, world_size, why)
         pool.close()
 
 
 def close_pools(cls: type | None = None) -> None:
     """Close the pools of ``cls`` (all pools when None)."""
     for key in [k for k in _pools if cls is None or k[0] is cls]:
-        discard(*key)
+        discard(*key, why="the class is done" if cls is not None else "the run is over")
 
 
 atexit.register(close_pools)
 
+
+def drive(case: Any, size: int, start: Callable[[], RankPool], timeout: float, example: Any = None) -> None:
+    """The pool driver: run ``case``'s test (or one hypothesis example) on the class's warm
+    pool of ``size`` ranks, discard the pool if it is no longer fit, raise the folded outcome."""
+    __tracebackhide__ = True
+    cls = type(case)
+    pool = get_pool(cls, size, start)
+
+    def is_failure(handle: RankHandle) -> bool:
+        return _outcomes.rank_failed(_launcher.view(handle, with_output=False), None, False)
+
+    try:
+        views, waited = pool.run(case._testMethodName, timeout, is_failure, example)
+    except BaseException:
+        discard(cls, size, "the parent was interrupted while the pool ran a test")
+        raise
+    if not pool.healthy:
+        discard(cls, size, f"{case.id()} left it unfit (a rank died, hung or the ranks are out of step)")
+    outcome = _outcomes.fold(
+        views,
+        test_id=case.id(),
+        world_size=size,
+        timed_out=waited.timed_out,
+        timeout=timeout,
+        first_failure=waited.first_failure,
+        rerun=_run.rerun_command(case, _config.load(), size),
+    )
+    _run.raise_outcome(case, outcome, views)

@@ -148,13 +148,7 @@ def _destroy_extra_groups(default: Any) -> bool:
 
 
 def _leave() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:
-            pass
+    _rank.destroy_default_group()
     _rank.flush()
     sys.stdout.flush()
     os._exit(0)

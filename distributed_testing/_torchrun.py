@@ -9,6 +9,7 @@ Rank 0 prints the full report; the others say where to find it.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import faulthandler
 import hashlib
 import os
@@ -20,12 +21,13 @@ import unittest
 from datetime import timedelta
 from typing import Any
 
-from distributed_testing import _config, _outcomes, _rank
-from distributed_testing._protocol import FAILED, PASSED, SKIPPED, RankResult
+from distributed_testing import _config, _outcomes, _rank, _run
+from distributed_testing._protocol import RankResult
+from distributed_testing._run import TestRun
 
 __unittest = True
 
-__all__ = ["LaunchedRun", "current"]
+__all__ = ["LaunchedRun", "current", "drive", "prepare"]
 
 
 class LaunchedRun:
@@ -112,56 +114,45 @@ def current() -> LaunchedRun | None:
     return _current
 
 
-def run_in_place(case: Any, fn: Any, key: str, timeout: float) -> _outcomes.Outcome:
-    """Run the test body here as this process's rank; fold every rank's result."""
-    run = current()
-    assert run is not None
-    faulthandler.dump_traceback_later(timeout, exit=True)  # a hung rank leaves; the others report it
+def prepare(run: TestRun, case: Any) -> None:
+    """From ``setUp``: this process is one rank; the test will run here, in place."""
+    launched = current()
+    assert launched is not None
+    wanted = _config.parse_world_size(case.world_size, f"{type(case).__name__}.world_size")
+    if wanted != launched.launch.world_size:
+        raise unittest.SkipTest(f"needs world size {wanted}, launched with {launched.launch.world_size}")
+    run.world_size = wanted
+    run.timeout = _config.resolve_timeout(type(case).timeout, run.settings)
+    run.launch_key = launched.next_test(case.id())
+    case.rank = launched.launch.rank
+    case.file_name = run.file_name = launched.rendezvous_file(run.launch_key)
+
+
+def drive(run: TestRun, case: Any, fn: Any) -> None:
+    """Run the test here as this process's rank, through unittest's machinery as every
+    rank does; fold every rank's result; rank 0 prints the report, the others point to it."""
+    __tracebackhide__ = True
+    launched = current()
+    assert launched is not None and run.launch_key is not None
+    here = type(case)(case._testMethodName)
+    here.rank, here.file_name, here._dt_launch_key = case.rank, case.file_name, run.launch_key
+    faulthandler.dump_traceback_later(run.timeout, exit=True)  # a hung rank leaves; the others report it
     try:
-        result = _run_body(case, fn)
+        result = _rank.run_in_rank(here, here.rank, here._rank_setup, here._rank_teardown)
     finally:
         faulthandler.cancel_dump_traceback_later()
-        _destroy_groups()  # unblocks peers still inside a collective with this rank
-    views = run.exchange(key, result, timeout)
-    timed_out = any(v.stopped for v in views)
-    return _outcomes.fold(views, test_id=case.id(), world_size=len(views), timed_out=timed_out, timeout=timeout)
-
-
-def _run_body(case: Any, fn: Any) -> RankResult:
-    rank, pid = case.rank, os.getpid()
-    start = time.monotonic()
-    _rank.seed_all()
-    phase = "setUp"
-    try:
-        case._rank_setup()
-        phase = ""
-        fn()
-        phase = "tearDown"
-        case._rank_teardown()
-    except unittest.SkipTest as exc:
-        return RankResult(rank, pid, SKIPPED, reason=str(exc), duration=time.monotonic() - start)
-    except BaseException as exc:
-        info = _rank.format_error(exc, phase, None)
-        return RankResult(rank, pid, FAILED, (info,), exit_code=1, duration=time.monotonic() - start)
-    return RankResult(rank, pid, PASSED, duration=time.monotonic() - start)
-
-
-def _destroy_groups() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:
-            pass
-
-
-def printed_once(outcome: _outcomes.Outcome, rank: int) -> str:
-    """The report rank 0 prints, or a pointer to it on the other ranks."""
-    if rank == 0 or outcome.kind == _outcomes.SKIP:
-        return outcome.message
-    first = outcome.message.splitlines()[0] if outcome.message else ""
-    return f"{first} (the full report is printed by rank 0)"
+        _rank.destroy_default_group()  # unblocks peers still inside a collective with this rank
+    views = launched.exchange(run.launch_key, result, run.timeout)
+    outcome = _outcomes.fold(
+        views,
+        test_id=case.id(),
+        world_size=len(views),
+        timed_out=any(v.stopped for v in views),
+        timeout=run.timeout,
+    )
+    if case.rank != 0:
+        outcome = dataclasses.replace(outcome, printed_by=0)
+    _run.raise_outcome(case, outcome)
 
 
 def _safe(text: str) -> str:

@@ -9,7 +9,14 @@ from typing import Any, TypeVar
 from distributed_testing._config import parse_world_size
 from distributed_testing._errors import ConfigError
 
-__all__ = ["declared_world_size", "expand_world_sizes", "required_world_size", "world_sizes"]
+__all__ = [
+    "checked_method_name",
+    "declared_world_size",
+    "expand_world_sizes",
+    "no_such_test",
+    "required_world_size",
+    "world_sizes",
+]
 
 T = TypeVar("T")
 SIZES_ATTR = "_dt_world_sizes"
@@ -120,3 +127,18 @@ class _RequiredFirst:
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj.__dict__["world_size"] = value
+
+
+def checked_method_name(cls: type, method_name: str, methodName: str) -> str:  # noqa: N803
+    """The test method to build, under either of PyTorch's argument names; it must exist."""
+    name = methodName if methodName != "runTest" else method_name
+    expand_world_sizes(cls)  # marks applied after the class was made
+    if name != "runTest" and not hasattr(cls, name):
+        raise ConfigError(no_such_test(cls, name), "test name", name)
+    return name
+
+
+def no_such_test(cls: type, name: str) -> str:
+    tests = sorted(n for n in dir(cls) if n.startswith("test"))
+    listed = ", ".join(tests) if tests else "no test methods"
+    return f"{cls.__name__} has no test method {name!r}; it has: {listed}"

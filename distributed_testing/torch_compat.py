@@ -33,7 +33,6 @@ import shutil
 import sys
 import tempfile
 import types
-import unittest
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +171,6 @@ def _compat_class(name: str) -> type:
 def _build_classes() -> dict[str, type]:
     """This library's classes with PyTorch's TestCase mixed in behind them."""
     from distributed_testing import _continuous, _testcase
-    from distributed_testing._guards import guard_reason
 
     torch_case: Any = importlib.import_module(UTILS_MODULE).TestCase
 
@@ -181,6 +179,9 @@ def _build_classes() -> dict[str, type]:
 
         assertEqual = torch_case.assertEqual  # noqa: N815  # ahead of our tensor-aware one in the MRO
         assertNotEqual = torch_case.assertNotEqual  # noqa: N815
+        # PyTorch's world size: ``requires_world_size(n)``, else 4; WORLD_SIZE is not read.
+        _dt_default_world_size = DEFAULT_WORLD_SIZE
+        _dt_reads_world_size = False
 
         def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
             with _without_pytorch_repro():
@@ -189,33 +190,9 @@ def _build_classes() -> dict[str, type]:
         def _should_stop_test_suite(self) -> bool:
             return False  # as PyTorch's: one test's failure does not stop the suite
 
-        @property
-        def world_size(self) -> int:
-            """PyTorch's: ``requires_world_size(n)``, else 4 (``WORLD_SIZE`` is not read)."""
-            required = getattr(self._dt_method(), "_required_world_size", None)
-            return int(required or DEFAULT_WORLD_SIZE)
-
         def _rank_setup(self) -> None:
             _refresh_import_time_env()
             super()._rank_setup()
-
-        def _spawn_processes(self) -> None:
-            # A guard's skip is raised when the test runs, not from setUp, so that
-            # tearDown still undoes what setUp did (PyTorch's skips come from the
-            # ranks' exit codes, after setUp; TestDistBackend.tearDown removes the
-            # temp directory its setUp made).
-            if self.rank == self.MAIN_PROCESS_RANK:
-                self._dt_deferred_skip = guard_reason(self, self._dt_method())
-                if self._dt_deferred_skip is not None:
-                    return
-            super()._spawn_processes()
-
-        def _join_processes(self, fn: Any) -> None:
-            __tracebackhide__ = True
-            reason = getattr(self, "_dt_deferred_skip", None)
-            if reason is not None:
-                raise unittest.SkipTest(reason)
-            super()._join_processes(fn)
 
     class DistributedTestBase(_testcase.DistributedTestBase, MultiProcessTestCase):
         """Our DistributedTestBase with PyTorch's assertions."""

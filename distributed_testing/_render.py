@@ -1,0 +1,173 @@
+"""Render a folded :class:`~distributed_testing._outcomes.Outcome` for each place it is shown.
+
+``text``: the unittest report (one string); ``headline`` plus ``sections``: the
+same for pytest, with one report section per rank as pytest shows captured
+output; ``ranks_record``: the JSON record's entry per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from distributed_testing._outcomes import Outcome, RankReport, rank_list
+from distributed_testing._protocol import FAILED, HUNG, PASSED, SKIPPED, STOPPED
+
+__all__ = ["headline", "ranks_record", "sections", "text"]
+
+_NO_STACKS = "(no stacks: the rank did not answer the stack request)"
+
+
+def _ranks_word(ranks: Sequence[int]) -> str:
+    return f"rank{'s' * (len(ranks) > 1)} {rank_list(ranks)}"
+
+
+def _were(ranks: Sequence[int]) -> str:
+    return "were" if len(ranks) > 1 else "was"
+
+
+def text(outcome: Outcome) -> str:
+    """The whole report unittest shows: headline, tracebacks or stacks, output, re-run line."""
+    if outcome.kind == SKIPPED:
+        return _skip_reason(outcome)
+    if outcome.kind == PASSED and not outcome.note:
+        return ""
+    if outcome.printed_by is not None:
+        first = _headline_lines(outcome)[:1] or [""]
+        return f"{first[0]} (the full report is printed by rank {outcome.printed_by})"
+    lines = _headline_lines(outcome)
+    if outcome.timed_out or _failure_groups(outcome):
+        lines += _detail_lines(outcome) + _output_lines(outcome)
+    if lines and outcome.rerun:
+        lines += ["", f"Re-run: {outcome.rerun}"]
+    return _with_note("\n".join(lines), outcome.note)
+
+
+def headline(outcome: Outcome) -> str:
+    """The report without the ranks' details (pytest shows those as sections)."""
+    if outcome.kind in (PASSED, SKIPPED):
+        return text(outcome)
+    lines = _headline_lines(outcome)
+    if lines and outcome.rerun:
+        lines += ["", f"Re-run: {outcome.rerun}"]
+    return _with_note("\n".join(lines), outcome.note)
+
+
+def sections(outcome: Outcome) -> list[tuple[str, str]]:
+    """One (title, body) per rank with something to show: its traceback or stacks, then its output."""
+    shown: list[tuple[str, str]] = []
+    for report in outcome.ranks:
+        parts = []
+        if report.outcome == FAILED and report.traceback:
+            parts.append(report.traceback)
+        elif report.outcome == HUNG:
+            parts.append("stacks (most recent call first):\n" + (report.stacks or _NO_STACKS))
+        if report.output.strip():
+            parts.append("output:\n" + report.output.rstrip("\n"))
+        if parts:
+            title = f"rank {report.rank}: {report.outcome}" + (f": {report.summary}" if report.summary else "")
+            shown.append((title, "\n\n".join(parts)))
+    return shown
+
+
+def ranks_record(outcome: Outcome) -> list[dict[str, Any]]:
+    """Each rank's entry for the JSON record."""
+    return [
+        {
+            "rank": r.rank,
+            "outcome": r.outcome,
+            "summary": r.summary,
+            "exc_type": r.exc_type,
+            "traceback": r.traceback,
+            "pid": r.pid,
+            "exit_code": r.exit_code,
+            "signal": r.signal,
+            "stacks": r.stacks,
+            "where": r.where,
+            "output": r.output,
+            "first": r.first,
+            "consequence": r.consequence,
+        }
+        for r in outcome.ranks
+    ]
+
+
+def _with_note(report: str, note: str) -> str:
+    if not note:
+        return report
+    return f"{report}\n\n{note}" if report else note
+
+
+def _skip_reason(outcome: Outcome) -> str:
+    skips = [r for r in outcome.ranks if r.outcome == SKIPPED]
+    reasons = {r.summary for r in skips}
+    if len(reasons) == 1:
+        return reasons.pop()
+    return "; ".join(f"rank {r.rank}: {r.summary}" for r in skips)
+
+
+def _headline_lines(outcome: Outcome) -> list[str]:
+    if outcome.timed_out:
+        return _timeout_headline(outcome)
+    stopped = [r.rank for r in outcome.ranks if r.outcome == STOPPED]
+    groups = _failure_groups(outcome)
+    if not groups:
+        if stopped:
+            return [f"{_ranks_word(stopped)} {_were(stopped)} stopped, but no rank reported a failure"]
+        return []
+    lines = []
+    for group in groups:
+        ranks = [r.rank for r in group]
+        same = "same " if len(ranks) > 1 else ""
+        pids = ", ".join(str(r.pid) for r in group if r.died)
+        where = f" ({'pids' if ',' in pids else 'pid'} {pids})" if pids else ""
+        lines.append(f"{_ranks_word(ranks)} of {outcome.world_size} failed: {same}{group[0].summary}{where}")
+    if len(groups) > 1 and outcome.first_failure is not None:
+        lines.append(f"rank {outcome.first_failure} failed first; the other failures may be consequences")
+    if stopped:
+        lines.append(f"{_ranks_word(stopped)} {_were(stopped)} stopped")
+    return lines
+
+
+def _failure_groups(outcome: Outcome) -> list[list[RankReport]]:
+    """Failed ranks grouped by what they reported; the rank that failed first leads."""
+    groups: dict[tuple[str, str], list[RankReport]] = {}
+    for report in outcome.ranks:
+        if report.outcome == FAILED:
+            groups.setdefault((report.summary, report.traceback), []).append(report)
+    first = outcome.first_failure
+    return sorted(groups.values(), key=lambda group: all(r.rank != first for r in group))
+
+
+def _timeout_headline(outcome: Outcome) -> list[str]:
+    hung = [r.rank for r in outcome.ranks if r.outcome == HUNG]
+    still = f"; {_ranks_word(hung)} still running" if hung else ""
+    lines = [f"{outcome.test_id} timed out after {outcome.timeout:g} s{still}"]
+    for report in outcome.ranks:
+        state = report.where if report.outcome == HUNG else (report.summary or "finished")
+        lines.append(f"  rank {report.rank}: {state}")
+    return lines
+
+
+def _detail_lines(outcome: Outcome) -> list[str]:
+    lines: list[str] = []
+    if outcome.timed_out:
+        for report in outcome.ranks:
+            if report.outcome == HUNG:
+                title = f"--- rank {report.rank} stacks (most recent call first) ---"
+                lines += ["", title, report.stacks or _NO_STACKS]
+        return lines
+    for group in _failure_groups(outcome):
+        if group[0].traceback:
+            lines += ["", f"--- {_ranks_word([r.rank for r in group])} ---", group[0].traceback]
+    return lines
+
+
+def _output_lines(outcome: Outcome) -> list[str]:
+    lines: list[str] = []
+    for report in outcome.ranks:
+        output = report.output.rstrip("\n")
+        if output:
+            lines += ["", f"--- rank {report.rank} output ---"]
+            lines += [f"[rank {report.rank}] {line}" for line in output.splitlines()]
+    return lines
