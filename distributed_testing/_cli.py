@@ -1,8 +1,9 @@
 """``python -m distributed_testing``: set the environment run_tests() reads, then run a test file.
 
-Options are validated like the environment (a bad value exits 2 with the
-fix); the file runs as ``__main__``, and if it does not call run_tests()
-itself, its tests are run as if it did.
+Its options and the environment in ``--help`` come from the settings table
+(``_settings.SETTINGS``); values are validated like the environment (a bad
+value exits 2 with the fix). The file runs as ``__main__``, and if it does not
+call run_tests() itself, its tests are run as if it did.
 """
 
 from __future__ import annotations
@@ -10,30 +11,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import types
 from collections.abc import Sequence
 
-from distributed_testing import _config
+from distributed_testing import _settings
 from distributed_testing._errors import ConfigError
+from distributed_testing._settings import SETTINGS
 
 __all__ = ["main"]
 
 PROG = "python -m distributed_testing"
+_WIDTH = 39  # where the text of the environment help starts
 
-ENVIRONMENT_HELP = """\
-environment (each option sets the variable; run_tests() reads and validates them):
-  BACKEND                            c10d backend: gloo, nccl, ucc, mpi, xccl
-                                     (default: nccl with a GPU per rank, else gloo)
-  WORLD_SIZE                         ranks per test, for classes that read it
-                                     (default: each class's own; DistBackendTestCase: 2)
-  TEMP_DIR                           scratch directory; barrier/ and test_dir/ are made in it
-                                     (default: a private directory removed at exit)
-  INIT_METHOD                        file:// (default), env:// or tcp://HOST:PORT
-  DISTRIBUTED_TESTING_START_METHOD   fork (default on Linux: a warm fork server) or spawn
-  DISTRIBUTED_TESTING_TIMEOUT        seconds a test may take (default 300)
-  DISTRIBUTED_TESTING_DEBUG_RANK     run this rank in the main process (pdb works there)
-  DISTRIBUTED_TESTING_SHOW_OUTPUT    1: show the ranks' output of passing tests too
-  DISTRIBUTED_TESTING_REPORT         write a JSON record of the run to this file
+
+def _environment_help() -> str:
+    """The epilog: every variable, what it takes and its default, from the settings table."""
+    lines = ["environment (each option sets the variable; run_tests() reads and validates them):"]
+    for setting in SETTINGS:
+        wrapped = _wrap(f"{setting.help}: {setting.values}") + _wrap(f"default: {setting.default}")
+        lines.append(f"  {setting.variable:<{_WIDTH - 2}}{wrapped[0]}")
+        lines.extend(" " * _WIDTH + more for more in wrapped[1:])
+    return "\n".join(lines) + """
 
 exit codes: 0 passed, 1 a test failed, 2 bad configuration or usage, 5 no tests ran,
 130 interrupted
@@ -43,6 +42,16 @@ example:
 """
 
 
+def _wrap(text: str) -> list[str]:
+    """Plain text in lines that fit beside the variables, keeping ">= 1" together."""
+    text = _settings.plain(text).replace(" >= ", "\xa0>=\xa0").replace(" > ", "\xa0>\xa0")
+    lines = textwrap.wrap(text, 108 - _WIDTH, break_long_words=False, break_on_hyphens=False)
+    return [line.replace("\xa0", " ") for line in lines]
+
+
+ENVIRONMENT_HELP = _environment_help()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -50,13 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=ENVIRONMENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--backend", help="sets BACKEND")
-    parser.add_argument("--world-size", help="sets WORLD_SIZE")
-    parser.add_argument("--temp-dir", help="sets TEMP_DIR")
-    parser.add_argument("--init-method", help="sets INIT_METHOD")
-    parser.add_argument("--start-method", help=f"sets {_config.ENV_START_METHOD}")
-    parser.add_argument("--timeout", help=f"sets {_config.ENV_TIMEOUT}")
-    parser.add_argument("--debug-rank", help=f"sets {_config.ENV_DEBUG_RANK}")
+    for setting in SETTINGS:
+        text = _settings.plain(setting.help)
+        if setting.switch:
+            text += f" (sets {setting.variable} to 1 or 0)"
+            parser.add_argument(setting.option, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parser.add_argument(setting.option, help=f"{text} (sets {setting.variable})")
     parser.add_argument("--strict-env", action="store_true", help="missing BACKEND, WORLD_SIZE or TEMP_DIR is an error")
     parser.add_argument(
         "--torch-compat",
@@ -68,18 +77,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("file", help="the test file to run")
     parser.add_argument("unittest_args", nargs=argparse.REMAINDER, help="passed to unittest: -v, -k, -f, names")
     return parser
-
-
-# Each option: the variable it sets, its check, and a good value for examples.
-_VARIABLES = {
-    "backend": ("BACKEND", _config.parse_backend, "gloo"),
-    "world_size": ("WORLD_SIZE", _config.parse_world_size, "2"),
-    "temp_dir": ("TEMP_DIR", _config.parse_temp_dir, "/tmp"),
-    "init_method": ("INIT_METHOD", _config.parse_init_method, "env://"),
-    "start_method": (_config.ENV_START_METHOD, _config.parse_start_method, "spawn"),
-    "timeout": (_config.ENV_TIMEOUT, _config.parse_timeout, "60"),
-    "debug_rank": (_config.ENV_DEBUG_RANK, _config.parse_debug_rank, "0"),
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,18 +101,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """The variables the given options set, each checked as the variable would be."""
     env = {}
-    for attr, (variable, parse, good) in _VARIABLES.items():
-        value = getattr(args, attr)
-        if value is not None:
-            option = "--" + attr.replace("_", "-")
-            try:
-                parse(value, option)  # type: ignore[operator]
-            except ConfigError as exc:
-                problem = str(exc).split(" Example: ")[0].replace(f"{option}=", f"{option} ")
-                example = f"Example: {PROG} {option} {good} test_x.py"
-                raise ConfigError(f"{problem} {example}", option, value) from None
-            env[variable] = str(value)
+    for setting in SETTINGS:
+        option = setting.option
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if setting.switch:
+            env[setting.variable] = "1" if value else "0"
+            continue
+        try:
+            setting.parse(value, option)
+        except ConfigError as exc:
+            problem = str(exc).split(" Example: ")[0].replace(f"{option}=", f"{option} ")
+            example = f"Example: {PROG} {option} {setting.example} test_x.py"
+            raise ConfigError(f"{problem} {example}", option, value) from None
+        env[setting.variable] = str(value)
     return env
 
 

@@ -19,7 +19,7 @@ import unittest
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from distributed_testing import _config, _janitor
+from distributed_testing import _config, _janitor, _log
 from distributed_testing._errors import ConfigError
 from distributed_testing._record import RecordingResult, write_report
 
@@ -45,15 +45,16 @@ def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module:
         launch = _config.launch_info()
     except ConfigError as exc:
         return _usage_error(str(exc))
+    _log.configure_logging(settings)
     with _environment(settings) as note, _interruptible():
         if note and (launch is None or launch.rank == 0):
             print(note, file=sys.stderr, flush=True)
         try:
             program = _Program(module=module, argv=args, exit=False, testRunner=_Runner)
         except KeyboardInterrupt:
-            from distributed_testing import _testcase
+            from distributed_testing import _run
 
-            where = f" in {_testcase.running_test}" if _testcase.running_test else ""
+            where = f" in {_run.running_test}" if _run.running_test else ""
             print(f"{_config.script_name()}: interrupted{where}; every rank was stopped", file=sys.stderr)
             return EXIT_INTERRUPTED
     code = _exit_code(program)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
+import logging
 import os
 import pickle
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from conftest import Runner
 
-from distributed_testing import _config
+from distributed_testing import _config, _log, _settings
 from distributed_testing._config import (
     DEFAULT_TIMEOUT,
     Settings,
     load,
     parse_backend,
+    parse_bool,
     parse_init_method,
+    parse_log_level,
     parse_start_method,
     parse_temp_dir,
     parse_timeout,
@@ -35,7 +43,12 @@ _ENV_VARS = (
     "DISTRIBUTED_TESTING_START_METHOD",
     "DISTRIBUTED_TESTING_TIMEOUT",
     "DISTRIBUTED_TESTING_SHOW_OUTPUT",
+    "DISTRIBUTED_TESTING_DEBUG_RANK",
+    "DISTRIBUTED_TESTING_REPORT",
+    "DISTRIBUTED_TESTING_LOG",
+    "DISTRIBUTED_TESTING_FULL_TRACEBACKS",
 )
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULTS = Settings(
     backend="gloo",
@@ -425,3 +438,287 @@ def test_config_error_pickle_round_trip_of_strict_error() -> None:
     err = _error(load, {}, True)
     copy = pickle.loads(pickle.dumps(err))
     assert (str(copy), copy.name, copy.value) == (str(err), "BACKEND", None)
+
+
+# -- switches: one parser for every boolean -----------------------------------
+
+
+@pytest.mark.parametrize("value", ["1", "true", "True", "YES", "on", " On "])
+def test_parse_bool_true_spellings(value: str) -> None:
+    assert parse_bool(value, "DISTRIBUTED_TESTING_SHOW_OUTPUT") is True
+
+
+@pytest.mark.parametrize("value", ["0", "false", "FALSE", "no", "off", " Off "])
+def test_parse_bool_false_spellings(value: str) -> None:
+    assert parse_bool(value, "DISTRIBUTED_TESTING_SHOW_OUTPUT") is False
+
+
+def test_parse_bool_message() -> None:
+    err = _error(parse_bool, "maybe", "DISTRIBUTED_TESTING_FULL_TRACEBACKS")
+    assert str(err) == (
+        "DISTRIBUTED_TESTING_FULL_TRACEBACKS must be 1 or 0 (or true/false, yes/no, on/off), got "
+        "DISTRIBUTED_TESTING_FULL_TRACEBACKS='maybe'. Example: DISTRIBUTED_TESTING_FULL_TRACEBACKS=1 python test_x.py"
+    )
+    assert (err.name, err.value) == ("DISTRIBUTED_TESTING_FULL_TRACEBACKS", "maybe")
+
+
+@pytest.mark.parametrize("name", ["DISTRIBUTED_TESTING_SHOW_OUTPUT", "DISTRIBUTED_TESTING_FULL_TRACEBACKS"])
+@pytest.mark.parametrize("value", ["2", "maybe", "y", "enabled"])
+def test_load_bad_switch_names_the_variable(name: str, value: str) -> None:
+    err = _error(load, {name: value})
+    assert str(err).startswith(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {name}={value!r}.")
+    assert (err.name, err.value) == (name, value)
+
+
+def test_load_full_tracebacks() -> None:
+    assert load({}).full_tracebacks is False
+    assert load({"DISTRIBUTED_TESTING_FULL_TRACEBACKS": "yes"}).full_tracebacks is True
+    assert load({"DISTRIBUTED_TESTING_FULL_TRACEBACKS": "0"}).full_tracebacks is False
+
+
+# -- DISTRIBUTED_TESTING_LOG ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [("debug", "debug"), ("INFO", "info"), (" warning ", "warning")])
+def test_load_log_level(value: str, expected: str) -> None:
+    assert load({"DISTRIBUTED_TESTING_LOG": value}).log_level == expected
+
+
+def test_load_log_is_off_by_default() -> None:
+    assert load({}).log_level is None
+    assert load({"DISTRIBUTED_TESTING_LOG": ""}).log_level is None
+
+
+def test_parse_log_level_message() -> None:
+    err = _error(parse_log_level, "loud")
+    assert str(err) == (
+        "DISTRIBUTED_TESTING_LOG must be one of debug, info, warning, got DISTRIBUTED_TESTING_LOG='loud'. "
+        "Example: DISTRIBUTED_TESTING_LOG=debug python test_x.py"
+    )
+    assert (err.name, err.value) == ("DISTRIBUTED_TESTING_LOG", "loud")
+
+
+@pytest.mark.parametrize("value", ["1", "error", "verbose", "on"])
+def test_load_bad_log_level_names_the_variable(value: str) -> None:
+    err = _error(load, {"DISTRIBUTED_TESTING_LOG": value})
+    assert str(err).startswith(f"DISTRIBUTED_TESTING_LOG must be one of debug, info, warning, got DISTRIBUTED_TESTING_LOG={value!r}.")
+
+
+@pytest.fixture
+def library_logger() -> Iterator[logging.Logger]:
+    """The library's logger, left as it was found (no handler of ours, its level)."""
+    logger = logging.getLogger("distributed_testing")
+    level = logger.level
+    yield logger
+    _log.remove_handler()
+    _log.set_rank(None)
+    logger.setLevel(level)
+
+
+def test_configure_logging_adds_one_handler_and_names_process_and_logger(
+    library_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = list(library_logger.handlers)
+    assert _log.configure_logging(load({"DISTRIBUTED_TESTING_LOG": "debug"})) is True
+    assert _log.configure_from_environment({"DISTRIBUTED_TESTING_LOG": "info"}) is False  # never twice
+    assert len(library_logger.handlers) == len(before) + 1
+    assert library_logger.level == logging.INFO
+    logging.getLogger("distributed_testing._launcher").info("started %d ranks", 2)
+    logging.getLogger("distributed_testing._launcher").debug("not at info")
+    _log.set_rank(3)
+    logging.getLogger("distributed_testing").warning("in a rank")
+    lines = capsys.readouterr().err.splitlines()
+    pid = os.getpid()
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d\.\d{{3}} \[pid {pid}\] distributed_testing\._launcher INFO: started 2 ranks", lines[0]
+    ), lines
+    assert lines[1].endswith(f"[pid {pid} rank 3] distributed_testing WARNING: in a rank"), lines
+    assert len(lines) == 2
+    _log.remove_handler()
+    assert library_logger.handlers == before
+
+
+def test_logging_is_off_without_the_variable(library_logger: logging.Logger) -> None:
+    before = list(library_logger.handlers)
+    assert _log.configure_logging(load({})) is False
+    assert _log.configure_from_environment({}) is False
+    assert library_logger.handlers == before
+
+
+def test_configure_from_environment_rejects_a_bad_level(library_logger: logging.Logger) -> None:
+    err = _error(_log.configure_from_environment, {"DISTRIBUTED_TESTING_LOG": "loud"})
+    assert err.name == "DISTRIBUTED_TESTING_LOG"
+
+
+# -- the table -------------------------------------------------------------------
+
+
+def test_the_table_fills_every_settings_field_once() -> None:
+    fields = [f.name for f in dataclasses.fields(Settings) if f.name != "backend_from_env"]
+    assert sorted(s.field for s in _settings.SETTINGS) == sorted(fields)
+    assert _config._VARIABLES == tuple(s.variable for s in _settings.SETTINGS)
+    for attribute in ("variable", "option", "pytest_option"):
+        names = [getattr(s, attribute) for s in _settings.SETTINGS if getattr(s, attribute)]
+        assert len(names) == len(set(names)), attribute
+
+
+def test_the_table_keeps_the_option_names() -> None:
+    options = {s.variable: (s.option, s.pytest_option) for s in _settings.SETTINGS}
+    assert options["BACKEND"] == ("--backend", "--dt-backend")
+    assert options["WORLD_SIZE"] == ("--world-size", "--dt-world-size")
+    assert options["DISTRIBUTED_TESTING_TIMEOUT"] == ("--timeout", "--dt-timeout")
+    assert options["DISTRIBUTED_TESTING_START_METHOD"] == ("--start-method", "--dt-start-method")
+    assert all(p.startswith("--dt-") for _, p in options.values() if p)
+
+
+@pytest.mark.parametrize("setting", _settings.SETTINGS, ids=lambda s: s.variable)
+def test_every_example_value_is_good(setting: _settings.Setting) -> None:
+    load({setting.variable: setting.example})  # raises when the example is bad
+
+
+def _settings_table_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "tools" / "settings_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_environment_table_is_the_generated_one() -> None:
+    tool = _settings_table_tool()
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    generated = tool.replace_table(readme, tool.rst_table())
+    assert readme == generated, f"README.rst's settings table is out of date; regenerate it: {tool.COMMAND}"
+
+
+def test_settings_table_tool_writes_between_the_markers(tmp_path: Path) -> None:
+    tool = _settings_table_tool()
+    readme = tmp_path / "README.rst"
+    readme.write_text(f"Intro\n\n{tool.START}\n\nold table\n\n{tool.END}\n\nMore\n")
+    assert tool.main(["--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert text == f"Intro\n\n{tool.START}\n\n{tool.rst_table()}\n{tool.END}\n\nMore\n"
+    assert "``DISTRIBUTED_TESTING_LOG``" in text and "old table" not in text
+    assert tool.main(["--write", str(readme)]) == 0 and readme.read_text() == text
+    readme.write_text("no markers\n")
+    assert tool.main(["--write", str(readme)]) == 2
+
+
+# -- through real processes --------------------------------------------------------
+
+LOGGED = """
+class TestLogged(MultiProcessTestCase):
+    world_size = 2
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    def test_x(self):
+        pass
+
+if __name__ == "__main__":
+    print(f"main pid {os.getpid()}", file=sys.stderr, flush=True)
+    run_tests()
+"""
+
+
+@pytest.mark.slow
+def test_log_debug_prints_the_library_log_lines(runner: Runner) -> None:
+    path = str(runner.write(LOGGED))
+    run = runner.run(path, DISTRIBUTED_TESTING_LOG="debug")
+    assert run.returncode == 0, run.output
+    pid = run.stderr.split("main pid ")[1].split()[0]
+    lines = [line for line in run.stderr.splitlines() if " distributed_testing" in line and "DEBUG: " in line]
+    assert any(f"[pid {pid}] distributed_testing DEBUG: fork server" in line for line in lines), run.stderr
+    assert len(lines) == len(set(lines)), run.stderr  # one handler: no line twice
+    quiet = runner.run(path)
+    assert quiet.returncode == 0, quiet.output
+    assert "DEBUG: " not in quiet.stderr
+
+
+@pytest.mark.slow
+def test_bad_log_level_stops_run_tests_with_exit_code_2(runner: Runner) -> None:
+    run = runner.run(str(runner.write(LOGGED)), DISTRIBUTED_TESTING_LOG="loud")
+    assert run.returncode == 2, run.output
+    assert "error: DISTRIBUTED_TESTING_LOG must be one of debug, info, warning, got DISTRIBUTED_TESTING_LOG='loud'." in (
+        run.stderr
+    )
+
+
+PLUGIN_DRIVER = """
+import json, logging, os, sys
+import pytest
+
+names = json.loads(sys.argv[1])
+options = json.loads(sys.argv[2])
+before = {name: os.environ.get(name) for name in names}
+code = pytest.main(["-q", "-p", "no:cacheprovider", "test_seen.py", *options])
+after = {name: os.environ.get(name) for name in names}
+handlers = [type(h).__name__ for h in logging.getLogger("distributed_testing").handlers]
+print("RESULT " + json.dumps({"code": int(code), "before": before, "after": after, "handlers": handlers}))
+"""
+
+PLUGIN_SEEN = """
+import json, logging, os
+
+def test_seen():
+    names = json.loads(os.environ["SEEN_NAMES"])
+    seen = {name: os.environ.get(name) for name in names}
+    handlers = [type(h).__name__ for h in logging.getLogger("distributed_testing").handlers]
+    with open("seen.json", "w") as handle:
+        json.dump({"env": seen, "handlers": handlers}, handle)
+"""
+
+
+def _plugin_run(runner: Runner, options: list[str], **env: str) -> tuple[dict[str, object], str]:
+    names = [s.variable for s in _settings.SETTINGS]
+    runner.write(PLUGIN_DRIVER, name="driver.py", header=False)
+    runner.write(PLUGIN_SEEN, name="test_seen.py", header=False)
+    run = runner.run("driver.py", json.dumps(names), json.dumps(options), SEEN_NAMES=json.dumps(names), **env)
+    result = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result, run.output
+    return json.loads(result[0][len("RESULT ") :]), run.output
+
+
+@pytest.mark.slow
+def test_pytest_plugin_accepts_every_dt_option_and_restores_the_environment(runner: Runner) -> None:
+    options: list[str] = []
+    expected: dict[str, str] = {}
+    for setting in _settings.SETTINGS:
+        if setting.pytest_option is None:
+            continue
+        if setting.switch:
+            options.append(setting.pytest_option)
+            expected[setting.variable] = "1"
+        else:
+            value = str(runner.tmp_path) if setting.variable == "TEMP_DIR" else setting.example
+            options += [setting.pytest_option, value]
+            expected[setting.variable] = value
+    result, output = _plugin_run(runner, options, WORLD_SIZE="5", DISTRIBUTED_TESTING_LOG="")
+    assert result["code"] == 0, output
+    seen = json.loads((runner.tmp_path / "seen.json").read_text())
+    assert {name: seen["env"][name] for name in expected} == expected
+    assert seen["handlers"] == ["_StderrHandler"]  # --dt-log turned the library's logging on
+    assert result["after"] == result["before"]  # put back, WORLD_SIZE=5 included
+    assert result["before"]["WORLD_SIZE"] == "5"
+    assert result["handlers"] == []
+
+
+@pytest.mark.slow
+def test_pytest_plugin_switches_have_a_no_form(runner: Runner) -> None:
+    switches = [s for s in _settings.SETTINGS if s.switch and s.pytest_option]
+    options = ["--no-" + s.pytest_option[2:] for s in switches if s.pytest_option]
+    result, output = _plugin_run(runner, options, DISTRIBUTED_TESTING_SHOW_OUTPUT="1")
+    assert result["code"] == 0, output
+    seen = json.loads((runner.tmp_path / "seen.json").read_text())
+    assert {s.variable: seen["env"][s.variable] for s in switches} == {s.variable: "0" for s in switches}
+    assert result["after"] == result["before"]
+
+
+@pytest.mark.slow
+def test_pytest_plugin_bad_log_level_is_a_usage_error(runner: Runner) -> None:
+    runner.write(PLUGIN_SEEN, name="test_seen.py", header=False)
+    run = runner.pytest("test_seen.py", "--dt-log", "loud")
+    assert run.returncode == 4, run.output
+    assert "DISTRIBUTED_TESTING_LOG must be one of debug, info, warning, got DISTRIBUTED_TESTING_LOG='loud'" in run.output
