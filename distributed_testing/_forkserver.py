@@ -36,7 +36,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from distributed_testing import _server
+from distributed_testing import _process, _server
 from distributed_testing._errors import DistributedTestingError
 
 __all__ = ["ForkedProcess", "learn", "prepare", "prepare_for", "process_class", "shutdown"]
@@ -212,7 +212,7 @@ def _fork_zygote(modules: list[str]) -> _Connection:
     if pid == 0:  # the zygote: never returns into the test process's stack
         try:
             parent_end.close()
-            _server.die_with_parent()
+            _process.die_with_parent()
             _server.serve(server_end, modules, None, zygote=True)
         finally:
             os._exit(1)
@@ -369,7 +369,7 @@ class ForkedProcess:
         self._exitcode: int | None = None
 
     def start(self) -> None:
-        args, fds = _server.describe_args(self._args)
+        args, fds = _process.describe_args(self._args)
         payload = pickle.dumps((self._target, args, self._kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         self.pid, self.sentinel = fork_rank(self._module, payload, fds, self.output)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed_testing import _devices, _forkserver, _server
+from distributed_testing import _devices, _forkserver, _process
 from distributed_testing._outcomes import RankView
 from distributed_testing._protocol import RankContext, RankResult
 
@@ -294,7 +294,7 @@ def start_rank(
     if getattr(process, "_start_method", None) == "spawn":
         # A spawned rank imports the test file before it can capture its own
         # output: hand it the rank's file as stdout/stderr from the start.
-        with _server.output_to(ctx.output_path):
+        with _process.output_to(ctx.output_path):
             process.start()
     else:
         process.start()

@@ -30,7 +30,7 @@ STOP = None  # the parent's message that ends the loop
 
 def pool_main(cls: Any, rank: int, world_size: int, file_name: str, conn: Any, ctx: RankContext) -> None:
     """Entry point of a pool rank: init the group, serve test names until told to stop."""
-    _rank.prepare_process(ctx)
+    _rank.prepare_process(ctx, rank)
     cls.rank = rank
     cls.world_size = world_size
     ready = _init(cls, rank, world_size, file_name)

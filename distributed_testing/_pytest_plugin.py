@@ -6,6 +6,7 @@ imports nothing heavy (no torch) until a distributed test class is collected.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import unittest
@@ -13,41 +14,66 @@ from typing import Any
 
 import pytest
 
+from distributed_testing import _log
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
+from distributed_testing._settings import SETTINGS, plain
 
-# Each option and the environment variable it sets, as run_tests() reads them.
-OPTIONS = {
-    "--dt-backend": ("BACKEND", "c10d backend for the ranks: gloo, nccl, ucc, mpi, xccl"),
-    "--dt-world-size": ("WORLD_SIZE", "ranks per test, for classes that read WORLD_SIZE"),
-    "--dt-timeout": ("DISTRIBUTED_TESTING_TIMEOUT", "seconds a test may take before its ranks' stacks are taken"),
-    "--dt-start-method": ("DISTRIBUTED_TESTING_START_METHOD", "how ranks start: fork (fast) or spawn"),
-}
+# Each --dt-* option and its setting (the variable it sets, as run_tests() reads it).
+OPTIONS = {setting.pytest_option: setting for setting in SETTINGS if setting.pytest_option}
 MARKER = "world_size"
+_SAVED = pytest.StashKey[dict[str, str | None]]()  # the variables' values before pytest_configure
+_LOGGING = pytest.StashKey[bool]()  # whether pytest_configure added the library's log handler
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("distributed_testing", "distributed tests (distributed_testing)")
-    for option, (variable, text) in OPTIONS.items():
-        group.addoption(option, default=None, help=f"{text} (sets {variable})")
+    for option, setting in OPTIONS.items():
+        if setting.switch:
+            text = f"{plain(setting.help)} (sets {setting.variable} to 1 or 0)"
+            group.addoption(option, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            text = f"{plain(setting.help)}: {plain(setting.values)} (sets {setting.variable})"
+            group.addoption(option, default=None, help=text)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Export the options as their variables for this session (ranks and run_tests() read them)."""
     config.addinivalue_line(
         "markers", f"{MARKER}(*sizes): run a distributed test once per world size, as @world_sizes(*sizes)"
     )
-    given = False
-    for option, (variable, _) in OPTIONS.items():
+    given = {}
+    for option, setting in OPTIONS.items():
         value = config.getoption(option)
         if value is not None:
-            os.environ[variable] = str(value)
-            given = True
-    if given:
-        from distributed_testing import _config
+            given[setting.variable] = ("1" if value else "0") if setting.switch else str(value)
+    config.stash[_SAVED] = {name: os.environ.get(name) for name in given}
+    os.environ.update(given)
+    try:
+        if given:
+            from distributed_testing import _config
 
-        try:
             _config.load()
-        except ConfigError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        config.stash[_LOGGING] = _log.configure_from_environment()
+    except ConfigError as exc:
+        _restore_environment(config)
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put back the environment (and logging) as they were before pytest_configure."""
+    if config.stash.get(_LOGGING, False):
+        _log.remove_handler()
+        config.stash[_LOGGING] = False
+    _restore_environment(config)
+
+
+def _restore_environment(config: pytest.Config) -> None:
+    for name, value in config.stash.get(_SAVED, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    config.stash[_SAVED] = {}
 
 
 def _is_ours(cls: type) -> bool:
@@ -78,11 +104,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Show a rank failure as its report alone: the ranks' tracebacks, not the framework's."""
+    """Show a distributed test as pytest shows captured output: the report's headline as the
+    failure, then one section per rank (its traceback or stacks, and its output)."""
     report = yield
+    if call.when != "call":
+        return report
     excinfo = call.excinfo
+    outcome = getattr(excinfo.value, "outcome", None) if excinfo is not None else None
+    if outcome is None:
+        outcome = getattr(getattr(item, "_testcase", None), "_dt_outcome", None)
+    if outcome is None or report.skipped:
+        return report
+    from distributed_testing import _render
+
     style = item.config.getoption("tbstyle", "auto")
-    if report.failed and excinfo is not None and style not in ("no", "line", "native"):
-        if isinstance(excinfo.value, (RankFailure, RankAssertionError)):
-            report.longrepr = f"{type(excinfo.value).__name__}: {excinfo.value}"
+    if report.failed and isinstance(excinfo.value if excinfo else None, (RankFailure, RankAssertionError)):
+        if style in ("no", "line", "native"):
+            return report  # pytest's own rendering of the whole report
+        assert excinfo is not None
+        report.longrepr = f"{type(excinfo.value).__name__}: {_render.headline(outcome)}"
+    report.sections.extend(_render.sections(outcome))
     return report

@@ -17,7 +17,8 @@ import unittest
 from collections.abc import Callable
 from typing import Any
 
-from distributed_testing import _server
+from distributed_testing import _log, _process
+from distributed_testing._errors import ConfigError
 from distributed_testing._protocol import (
     EXITED,
     FAILED,
@@ -28,6 +29,7 @@ from distributed_testing._protocol import (
     RankResult,
 )
 from distributed_testing._skips import reason_for_exit_code, skip_exit_code
+from distributed_testing._stacks import show_framework_frames
 
 __unittest = True  # hide these frames from user tracebacks
 
@@ -49,7 +51,7 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     ``os._exit`` keeps a forked rank from running the parent's unittest or
     pytest machinery and atexit handlers.
     """
-    prepare_process(ctx)
+    prepare_process(ctx, rank)
     global current_example
     current_example = ctx.example
     try:
@@ -66,13 +68,18 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     os._exit(_exit_code)
 
 
-def prepare_process(ctx: RankContext) -> None:
+def prepare_process(ctx: RankContext, rank: int) -> None:
     """Make this process a rank: tied to its parent, output captured, stacks on demand."""
     global in_rank
     in_rank = True
     if modules_at_start is None:  # spawned: a rank forked by our server did both at birth
-        _server.die_with_parent()  # tied to the test process
-        _server.redirect_output(ctx.output_path)
+        _process.die_with_parent()  # tied to the test process
+        _process.redirect_output(ctx.output_path)
+    _log.set_rank(rank)
+    try:
+        _log.configure_from_environment()  # a spawned rank has no handler of its parent's
+    except ConfigError:
+        pass  # the parent checked the setting; a rank never stops for it
     faulthandler.enable(file=sys.stderr, all_threads=True)
     _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
@@ -130,7 +137,7 @@ def _register_stack_dump(path: str, signum: int) -> None:
     faulthandler.register(signum, file=stacks, all_threads=True, chain=False)
 
 
-flush = _server.flush  # the rank's Python streams and C's stdio buffers, into its output
+flush = _process.flush  # the rank's Python streams and C's stdio buffers, into its output
 
 
 def seed_all(seed: int = SEED) -> None:
@@ -238,7 +245,9 @@ def format_error(
     """Turn an exception into plain data, framework frames trimmed."""
     import traceback
 
-    if err is not None and collector is not None and test is not None:
+    if show_framework_frames():
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    elif err is not None and collector is not None and test is not None:
         text = collector._exc_info_to_string(err, test)  # type: ignore[attr-defined]  # unittest's trimming
     else:
         text = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))

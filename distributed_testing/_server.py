@@ -15,7 +15,6 @@ Imports nothing heavy itself: the preloads are what it imports.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import os
@@ -28,27 +27,26 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-__all__ = [
-    "BASE_PRELOAD",
-    "flush",
-    "output_to",
-    "recv_message",
-    "redirect_output",
-    "send_message",
-    "serve",
-    "thread_count",
-]
+from distributed_testing._process import (
+    Descriptor,
+    apply_state,
+    die_with_parent,
+    flush,
+    import_main,
+    main_is,
+    output_to,
+    redirect_output,
+)
+
+__all__ = ["BASE_PRELOAD", "recv_message", "send_message", "serve", "thread_count"]
 
 # What every server imports before it forks anything.
 BASE_PRELOAD = ("torch", "torch.distributed", "distributed_testing._rank", "distributed_testing._testcase")
 PROBE_WAIT = 5.0  # seconds a probe of torch's parallel ops may take before the server is refused
 _HEADER = struct.Struct("!I")
 _MAX_FDS = 8
-_PR_SET_PDEATHSIG = 1
 # Modules that are the process's entry point or the server itself: never learned.
 _NEVER = frozenset({"__mp_main__", "distributed_testing.__main__"})
 
@@ -132,51 +130,6 @@ class _Guard:
         return ""
 
 
-@contextmanager
-def output_to(path: str) -> Iterator[None]:
-    """Point this process's fds 1 and 2 at ``path`` for a while (a child started, an import)."""
-    flush()
-    saved = (os.dup(1), os.dup(2))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield
-    finally:
-        flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for descriptor in (fd, *saved):
-            os.close(descriptor)
-
-
-def redirect_output(path: str) -> None:
-    """Send fds 1 and 2 (Python, logging and C++ output alike) to ``path`` for good, stdin from /dev/null."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.close(null)
-    # A test runner may have replaced sys.stdout with its own capture object.
-    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
-
-
-def flush() -> None:
-    """Flush Python's streams, and C's stdio buffers (printf, std::cout), to their fds."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
-
-
 # -- the server ----------------------------------------------------------------
 
 
@@ -186,7 +139,7 @@ class _Server:
     def __init__(self, sock: socket.socket, main_path: str | None) -> None:
         self.sock = sock
         self.main_path = main_path
-        self.main_loaded = main_path is None or _main_is(main_path)
+        self.main_loaded = main_path is None or main_is(main_path)
         self.status_fds: dict[int, int] = {}  # rank pid -> write end of its exit-status pipe
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -392,34 +345,6 @@ def _report(
     return {"accepted": accepted, "imported": imported, "refused": refused, "broken": broken, "untried": untried or []}
 
 
-def _main_is(path: str) -> bool:
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    return isinstance(main_file, str) and os.path.abspath(main_file) == os.path.abspath(path)
-
-
-def import_main(path: str) -> None:
-    """Import the test file run as ``__main__`` (its ``if __name__ == "__main__"`` block does not run)."""
-    from multiprocessing import process, spawn
-
-    process.current_process()._inheriting = True  # type: ignore[attr-defined]
-    try:
-        spawn.import_main_path(path)
-    finally:
-        del process.current_process()._inheriting  # type: ignore[attr-defined]
-
-
-def die_with_parent() -> None:
-    """SIGKILL this process when its parent dies (Linux); exit now if it already has."""
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent or parent == 1:
-        os._exit(1)
-
-
 # -- a rank, just forked ---------------------------------------------------------
 
 
@@ -438,7 +363,7 @@ def _run_rank(spec: dict[str, Any], fds: list[int], main_path: str | None) -> No
         if main_path is not None and spec.get("module") == "__main__":
             import_main(main_path)  # the server could not: the rank does, as a spawned one would
         target, args, kwargs = pickle.loads(spec["payload"])
-        args = tuple(_Descriptor.restore(arg, fds) for arg in args)
+        args = tuple(Descriptor.restore(arg, fds) for arg in args)
         target(*args, **kwargs)
         code = 0
     except SystemExit as exc:
@@ -450,52 +375,6 @@ def _run_rank(spec: dict[str, Any], fds: list[int], main_path: str | None) -> No
     finally:
         flush()
         os._exit(code)
-
-
-def apply_state(spec: dict[str, Any]) -> None:
-    """Take the parent's environment, working directory, ``sys.path`` and umask."""
-    environ = spec["env"]
-    for name in [n for n in os.environ if n not in environ]:
-        del os.environ[name]
-    for name, value in environ.items():
-        if os.environ.get(name) != value:
-            os.environ[name] = value
-    try:
-        os.chdir(spec["cwd"])
-    except OSError as exc:
-        print(f"distributed_testing: the rank could not enter {spec['cwd']!r}: {exc}", file=sys.stderr)
-    sys.path[:] = spec["path"]
-    os.umask(spec["umask"])
-
-
-class _Descriptor:
-    """Stands for the i-th descriptor sent with a fork request (a Connection, in args)."""
-
-    def __init__(self, index: int, readable: bool, writable: bool) -> None:
-        self.index, self.readable, self.writable = index, readable, writable
-
-    @staticmethod
-    def restore(arg: Any, fds: list[int]) -> Any:
-        if not isinstance(arg, _Descriptor):
-            return arg
-        from multiprocessing.connection import Connection
-
-        return Connection(fds[arg.index], readable=arg.readable, writable=arg.writable)
-
-
-def describe_args(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[int]]:
-    """Replace each multiprocessing Connection in ``args`` by a placeholder; return its fds."""
-    from multiprocessing.connection import Connection
-
-    fds: list[int] = []
-    out: list[Any] = []
-    for arg in args:
-        if isinstance(arg, Connection):
-            out.append(_Descriptor(len(fds), arg.readable, arg.writable))
-            fds.append(arg.fileno())
-        else:
-            out.append(arg)
-    return tuple(out), fds
 
 
 # -- starting ---------------------------------------------------------------------

@@ -14,6 +14,9 @@ class TestSkip(NamedTuple):
     message: str
 
 
+TestSkip.__test__ = False  # type: ignore[attr-defined]  # a name pytest would collect, imported by test files
+
+
 # Same keys and exit codes as torch.testing._internal.common_distributed, so
 # suites and decorators written for PyTorch keep working.
 TEST_SKIPS: dict[str, TestSkip] = {

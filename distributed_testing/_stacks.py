@@ -10,6 +10,8 @@ import os
 import re
 import sysconfig
 
+from distributed_testing._errors import ConfigError
+
 __all__ = ["show_framework_frames", "summarize_stacks", "trim_stacks"]
 
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
@@ -36,8 +38,12 @@ def _frame_file(line: str) -> str:
 
 def show_framework_frames() -> bool:
     """Whether reports keep the framework's own frames (``DISTRIBUTED_TESTING_FULL_TRACEBACKS``)."""
-    value = os.environ.get("DISTRIBUTED_TESTING_FULL_TRACEBACKS", "")
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    from distributed_testing import _config
+
+    try:
+        return _config.load().full_tracebacks
+    except ConfigError:
+        return False  # the run reports the bad setting itself
 
 
 def _is_framework(path: str) -> bool:

@@ -37,6 +37,13 @@ class TestLaunched(MultiProcessTestCase):
     def test_sized(self):
         pass
 
+    def test_subtests_and_cleanups(self):
+        # Through unittest's machinery, as in every other mode.
+        self.addCleanup(print, f"cleanup ran on rank {self.rank}", flush=True)
+        for i in range(2):
+            with self.subTest(i=i):
+                self.assertEqual(i, 0)
+
 
 class TestEnvGroup(DistBackendTestCase):
     def test_collective(self):
@@ -85,9 +92,12 @@ def _check(outputs: list[str]) -> None:
                "size 3, launched with 2'" in output
         assert "test_fails_on_rank_1 (__main__.TestLaunched.test_fails_on_rank_1) ... ERROR" in output
         assert "rank 1 of 2 failed: ValueError: rank 1 only" in output
+        assert "test_subtests_and_cleanups (__main__.TestLaunched.test_subtests_and_cleanups) ... FAIL" in output
+        assert "ranks 0-1 of 2 failed: same AssertionError: 1 != 0 (in subTest (i=1))" in output
+    assert sorted(o.count("cleanup ran on rank") for o in outputs) == [1, 1]
     # The failing rank's traceback is printed once, by rank 0; the other rank points there.
     assert sum(o.count('raise ValueError("rank 1 only")') for o in outputs) == 1
-    assert sum("(the full report is printed by rank 0)" in o for o in outputs) == 1
+    assert sum(o.count("(the full report is printed by rank 0)") for o in outputs) == 2
 
 
 def test_one_node(runner):
