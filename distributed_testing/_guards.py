@@ -25,8 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 Check = Callable[[Any], "str | None"]
 GUARDS_ATTR = "_dt_guards"
 
-__all__ = [
-    "guard_reason",
+#: The guards, by PyTorch's names (``torch_compat`` replaces PyTorch's with these).
+GUARDS = (
     "requires_gloo",
     "requires_mpi",
     "requires_nccl",
@@ -40,7 +40,9 @@ __all__ = [
     "skip_if_small_worldsize",
     "skip_if_win32",
     "with_dist_debug_levels",
-]
+)
+
+__all__ = ["GUARDS", "guard_reason", *GUARDS]
 
 
 def _backend_guard(name: str) -> Callable[[F], F]:

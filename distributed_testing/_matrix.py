@@ -43,7 +43,7 @@ from distributed_testing._matrix_plan import (
 from distributed_testing._matrix_report import format_table, junit_tree, report, write_junit
 from distributed_testing._matrix_results import ConfigResult, FileRun, RankRecord, TestRecord
 from distributed_testing._matrix_run import Progress, banner, child_environment, run_file, run_matrix
-from distributed_testing._runner import EXIT_USAGE, _interruptible
+from distributed_testing._runner import EXIT_USAGE, interruptible
 
 __all__ = [
     "INIT_URLS",
@@ -94,7 +94,7 @@ def _run_and_report(options: Options, plan: Plan, out: TextIO) -> int:
     started = time.monotonic()
     print(banner(options, runnable), file=out, flush=True)
     try:
-        with _interruptible():
+        with interruptible():
             results, usage, stopped = run_matrix(options, runnable, root, progress)
     finally:
         progress.close()

@@ -20,13 +20,13 @@ import traceback
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TextIO
 
 from distributed_testing import _config
 from distributed_testing._matrix_plan import INIT_URLS, Config, Options
 from distributed_testing._matrix_results import ConfigResult, FileRun, TestRecord, file_run, read_report, usage_problem
 from distributed_testing._protocol import TEST_OUTCOMES
+from distributed_testing._runner import interruptible
 
 __all__ = ["Progress", "banner", "child_environment", "run_file", "run_matrix"]
 
@@ -170,7 +170,7 @@ class _Matrix:
                 f"stopping {count} running test file{'s' * (count > 1)} (SIGTERM; interrupt again to kill)"
             )
         try:
-            with _interrupts_raise():
+            with interruptible(every=True):
                 wait(self.running, timeout=TERM_GRACE)
         except KeyboardInterrupt:
             pass
@@ -184,25 +184,6 @@ def _result(future: Future[FileOutcome]) -> FileOutcome:
         return future.result()
     except Exception as exc:
         raise RuntimeError(f"the matrix runner crashed:\n{''.join(traceback.format_exception(exc))}") from None
-
-
-@contextmanager
-def _interrupts_raise() -> Iterator[None]:
-    """Within: Ctrl-C and SIGTERM raise KeyboardInterrupt, though ``_runner._interruptible`` has let one raise."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _labels(files: Sequence[str]) -> dict[str, str]:

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module:
     except ConfigError as exc:
         return _usage_error(str(exc))
     _log.configure_logging(settings)
-    with _environment(settings) as note, _interruptible():
+    with _environment(settings) as note, interruptible():
         if note and (launch is None or launch.rank == 0):
             print(note, file=sys.stderr, flush=True)
         try:
@@ -74,17 +74,18 @@ def _exit_code(program: _Program) -> int:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
+def interruptible(every: bool = False) -> Iterator[None]:
     """Treat SIGTERM like Ctrl-C, so a stopped run still stops its ranks and cleans up.
 
-    Only the first interrupt raises: a second one must not cut the clean-up
-    short (stopping ranks takes at most a few seconds).
+    Only the first interrupt raises (a second one must not cut the clean-up
+    short: stopping ranks takes at most a few seconds), unless ``every``: a
+    block that waits out a grace period can be cut short on purpose.
     """
     interrupted = False
 
     def interrupt(signum: int, frame: Any) -> None:
         nonlocal interrupted
-        if not interrupted:
+        if every or not interrupted:
             interrupted = True
             raise KeyboardInterrupt
 

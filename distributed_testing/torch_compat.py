@@ -36,6 +36,8 @@ import types
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from distributed_testing import _guards
+
 __unittest = True  # hide these frames from user tracebacks
 
 __all__ = [
@@ -55,21 +57,7 @@ ENV_FLAG = "DISTRIBUTED_TESTING_TORCH_COMPAT"  # "1": Python processes of this r
 DEFAULT_WORLD_SIZE = 4  # PyTorch's MultiProcessTestCase.world_size, whatever WORLD_SIZE says
 
 _CLASSES = ("MultiProcessTestCase", "DistributedTestBase", "MultiProcContinuousTest")
-_GUARDS = (
-    "requires_gloo",
-    "requires_mpi",
-    "requires_nccl",
-    "requires_nccl_version",
-    "requires_ucc",
-    "requires_world_size",
-    "skip_if_lt_x_gpu",
-    "skip_if_no_gpu",
-    "skip_if_odd_worldsize",
-    "skip_if_rocm_multiprocess",
-    "skip_if_small_worldsize",
-    "skip_if_win32",
-    "with_dist_debug_levels",
-)
+_GUARDS = _guards.GUARDS
 #: The names of ``common_distributed`` that ``install()`` replaces (and ``common_utils.run_tests``).
 REPLACED: tuple[str, ...] = (*_CLASSES, "TEST_SKIPS", "TestSkip", *_GUARDS)
 

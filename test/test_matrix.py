@@ -179,6 +179,7 @@ def test_matrix_of_world_sizes_and_init_methods(runner: Runner):
         if ws2:
             assert failure is not None and failure.get("message", "").startswith("rank 1 of 2 failed: AssertionError")
             assert "Traceback" in (failure.text or "")
+            assert "--- rank 1 failed (AssertionError, exit code 10)" in (failure.text or "")  # the record's ranks
         else:
             assert failure is None
     assert f"JUnit XML: {junit}" in run.stdout
