@@ -77,3 +77,34 @@ def test_full_tracebacks_keep_the_framework_frames(runner: Runner) -> None:
     assert "distributed_testing/_testcase.py" not in trimmed.output
     assert 'raise ValueError("only rank 1")' in full.output
     assert "distributed_testing/_testcase.py" in full.output
+
+
+def test_debug_logging_says_what_the_library_did_to_the_ranks(runner: Runner) -> None:
+    path = runner.write("""
+        class TestStopped(MultiProcessTestCase):
+            def setUp(self):
+                super().setUp()
+                self._spawn_processes()
+
+            @property
+            def world_size(self):
+                return 2
+
+            def test_rank_0_waits_for_a_peer_that_failed(self):
+                if self.rank == 1:
+                    raise ValueError("rank 1 fails")
+                time.sleep(60)
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    quiet = runner.run(str(path))
+    logged = runner.run(str(path), DISTRIBUTED_TESTING_LOG="debug")
+    assert quiet.returncode == logged.returncode == 1, logged.output
+    assert " DEBUG: " not in quiet.stderr
+    lines = logged.stderr.splitlines()
+    assert any("distributed_testing._launcher DEBUG: started rank 1 (pid" in line for line in lines), logged.stderr
+    assert any(
+        "distributed_testing._launcher DEBUG: rank 0 (pid" in line and "still running: SIGTERM" in line for line in lines
+    ), logged.stderr
+    assert "rank 1 of 2 failed: ValueError: rank 1 fails" in logged.stderr
