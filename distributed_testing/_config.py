@@ -211,6 +211,46 @@ def _load(env: Mapping[str, str], strict: bool) -> Settings:
     return Settings(backend_from_env=backend_from_env, **fields)
 
 
+# BACKEND as the shell gave it, before any test code could change it: a different
+# value later was set by the test (PyTorch's test_c10d_logger.py sets it in setUp).
+SHELL_BACKEND = os.environ.get("BACKEND")
+
+
+def load_for_test(reads_backend: bool = True) -> tuple[Settings, str]:
+    """The settings a test starts its ranks with, and why it must skip ('' if it need not).
+
+    A BACKEND the test itself set (not the shell) that this build cannot run is
+    not a usage error of the run: a class that reads BACKEND skips (an unknown
+    name stays an error), one that does not (PyTorch's) runs with its ranks
+    seeing the test's value, as on PyTorch's framework.
+    """
+    try:
+        return load(), ""
+    except ConfigError as exc:
+        value = os.environ.get("BACKEND")
+        if exc.name != "BACKEND" or value == SHELL_BACKEND or value is None:
+            raise
+    settings = load({k: v for k, v in os.environ.items() if k != "BACKEND"})
+    if not reads_backend:
+        return settings, ""
+    have = ", ".join(_devices.available_backends()) or "none"
+    shell = f"the shell's is {SHELL_BACKEND!r}" if SHELL_BACKEND else "the shell set none"
+    problem = f"BACKEND={value!r} was set by the test, not the shell ({shell}), and this torch build"
+    if value.strip().lower() not in _devices.KNOWN_BACKENDS:
+        raise ConfigError(
+            f"{problem} knows no such backend: it has {have}. Example: os.environ['BACKEND'] = 'gloo'",
+            "BACKEND",
+            value,
+        )
+    return settings, f"{problem} cannot run it: it has {have}"
+
+
+def world_size_from_env() -> int | None:
+    """Only ``WORLD_SIZE`` (None: not set): what a class's world size reads, whatever else is set."""
+    value = _get(os.environ, "WORLD_SIZE")
+    return parse_world_size(value) if value is not None else None
+
+
 def current_backend(environ: Mapping[str, str] | None = None) -> str:
     """Only the backend: what guards need, without validating everything else."""
     env = os.environ if environ is None else environ

@@ -20,7 +20,12 @@ from distributed_testing import _config, _devices, _launcher, _pool, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._guards import guard_reason
 from distributed_testing._hypothesis import is_hypothesis_test, run_examples
-from distributed_testing._world_sizes import checked_method_name, declared_world_size, expand_world_sizes
+from distributed_testing._world_sizes import (
+    checked_method_name,
+    declared_world_size,
+    expand_world_sizes,
+    zero_world_size_reason,
+)
 
 __unittest = True
 
@@ -120,6 +125,8 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
         size = pool_world_size(type(self), method)
         self._dt_size = size
         _try_set(self, "world_size", size)
+        if size == 0:
+            raise unittest.SkipTest(zero_world_size_reason(self))
         reason = guard_reason(self, method)
         if reason is not None:
             raise unittest.SkipTest(reason)
@@ -158,7 +165,9 @@ def pool_world_size(cls: type, method: Any) -> int:
     if isinstance(declared, property):
         declared = declared.fget(object.__new__(cls)) if declared.fget else _UNSET
     if declared in (None, _UNSET):
-        return _config.load().world_size or DEFAULT_WORLD_SIZE
+        return _config.world_size_from_env() or DEFAULT_WORLD_SIZE
+    if declared == 0 and not isinstance(declared, bool):
+        return 0  # no rank can run here: the class's tests skip
     return _config.parse_world_size(declared, f"{cls.__name__}.world_size")
 
 

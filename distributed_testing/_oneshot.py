@@ -22,6 +22,7 @@ from distributed_testing._guards import guard_reason
 from distributed_testing._hypothesis import is_hypothesis_test, run_examples
 from distributed_testing._protocol import PASSED, RankContext
 from distributed_testing._run import TestRun
+from distributed_testing._world_sizes import class_world_size, zero_world_size_reason
 
 __unittest = True
 
@@ -36,18 +37,32 @@ def new_run(case: Any) -> TestRun:
     _janitor.register(directory)
     file_name = os.path.join(directory, "rendezvous")
     open(file_name, "w").close()
-    return TestRun(case.id(), directory, file_name, _config.load())
+    try:
+        settings = _config.load()
+    except ConfigError:  # a BACKEND the test set: prepare() says what to do about it
+        settings = _config.load({k: v for k, v in os.environ.items() if k != "BACKEND"})
+    return TestRun(case.id(), directory, file_name, settings)
 
 
 def prepare(run: TestRun, case: Any) -> None:
-    """Decide how the test runs and, for one-shot ranks, start them now."""
-    run.settings = _config.load()
+    """Decide how the test runs and, for one-shot ranks, start them now.
+
+    A skip (a guard's, a world size of 0, a backend the test set that this build
+    lacks) or a bad setting the test made is raised when the test runs, not from
+    setUp, so the class's tearDown still cleans up what its setUp made.
+    """
     run.prepared = True
     method = getattr(type(case), case._testMethodName, None)
-    reason = guard_reason(case, method)
-    if reason is not None:
-        # Skip when the test runs, not from setUp, so the class's tearDown still
-        # cleans up what its setUp made; no rank is started either way.
+    try:
+        reason = guard_reason(case, method)
+        if reason is None and class_world_size(case) == 0:
+            reason = zero_world_size_reason(case)
+        if reason is None:
+            run.settings, reason = _config.load_for_test(type(case)._dt_reads_backend)
+    except ConfigError as exc:
+        run.mode, run.error = "error", exc
+        return
+    if reason:
         run.mode, run.skip_reason = "skip", reason
         return
     if _config.launch_info() is not None:
@@ -72,11 +87,13 @@ def start_ranks(run: TestRun, case: Any) -> None:
 def start_processes(run: TestRun, case: Any, proc: Any) -> None:
     """Start the ranks with ``proc``, a multiprocessing Process class (PyTorch's ``_start_processes``)."""
     cls = type(case)
-    run.world_size = _config.parse_world_size(case.world_size, f"{cls.__name__}.world_size")
+    run.world_size = class_world_size(case)
     run.timeout = _config.resolve_timeout(cls.timeout, run.settings)
     # Once for all ranks: they must agree (e.g. on MASTER_PORT). WORLD_SIZE and
     # BACKEND are exported because PyTorch-style decorators read them.
-    run.rank_env = {"WORLD_SIZE": str(run.world_size), "BACKEND": run.settings.backend, **case._rank_env()}
+    run.rank_env = {"WORLD_SIZE": str(run.world_size), **case._rank_env()}
+    if not os.environ.get("BACKEND"):  # else the ranks see the BACKEND the test process has
+        run.rank_env["BACKEND"] = run.settings.backend
     run.debug_rank = _debug_rank(run.settings, run.world_size)
     run.handles = []
     for rank in range(run.world_size):
@@ -101,6 +118,8 @@ def drive(run: TestRun, case: Any, fn: Any) -> None:
     __tracebackhide__ = True
     if run.mode == "skip":
         raise unittest.SkipTest(run.skip_reason)
+    if run.mode == "error" and run.error is not None:
+        raise run.error.with_traceback(None)  # where setUp found it is the framework's business
     if run.mode == "torchrun":
         from distributed_testing import _torchrun
 

@@ -25,8 +25,9 @@ __unittest = True
 __all__ = ["Mode", "TestRun", "raise_outcome", "rerun_command", "running_test"]
 
 # How a test's ranks run: one-shot processes; one-shot processes per hypothesis
-# example; in place under torchrun; not at all (a guard said skip).
-Mode = Literal["ranks", "examples", "torchrun", "skip"]
+# example; in place under torchrun; not at all (a guard said skip; a setting the
+# test made is wrong: both raised when the test runs, so tearDown still runs).
+Mode = Literal["ranks", "examples", "torchrun", "skip", "error"]
 
 running_test = ""  # the id of the test whose ranks the parent is waiting for (named on Ctrl-C)
 
@@ -42,6 +43,7 @@ class TestRun:
     mode: Mode = "ranks"
     prepared: bool = False  # _spawn_processes ran: the mode is decided, one-shot ranks started
     skip_reason: str = ""
+    error: Exception | None = None  # mode "error": raised when the test runs
     world_size: int = 0
     timeout: float = _config.DEFAULT_TIMEOUT
     start_method: str = ""

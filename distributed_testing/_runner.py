@@ -162,6 +162,13 @@ class _Program(unittest.TestProgram):
     usage_error = ""
     empty_reason = ""
 
+    def createTests(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802
+        # Before the tests exist: torch and the test module stay for the run (no
+        # full-collection pauses on them), while each test, released once it has
+        # run, can still be collected with what it kept on ``self``.
+        gc.freeze()
+        super().createTests(*args, **kwargs)
+
     def runTests(self) -> None:  # noqa: N802
         tests = list(_iter_tests(self.test))  # type: ignore[attr-defined]
         given = list(self.testNames or [])  # type: ignore[attr-defined]
@@ -173,10 +180,10 @@ class _Program(unittest.TestProgram):
             self.result = None  # type: ignore[assignment]
             self.empty_reason = _empty_reason(self.module, getattr(self, "testNamePatterns", None))
             return
-        gc.freeze()  # torch and the test module stay for the run: no full-collection pauses on them
         from distributed_testing import _forkserver
 
-        _forkserver.prepare_for(type(test) for test in tests)
+        _forkserver.prepare_for({type(test) for test in tests})
+        del tests  # the suite releases each test after it runs: hold none here
         super().runTests()
 
 
@@ -195,17 +202,16 @@ def _check_names(tests: list[unittest.TestCase], module: Any, given: list[str]) 
 
 
 def _check_world_sizes(tests: list[unittest.TestCase]) -> str:
+    """A class world size that is no size at all stops the run; 0 skips that class's tests."""
     from distributed_testing._testcase import MultiProcessTestCase
+    from distributed_testing._world_sizes import class_world_size
 
     for test in tests:
         if isinstance(test, MultiProcessTestCase):
-            name = f"{type(test).__name__}.world_size"
             try:
-                _config.parse_world_size(test.world_size, name)
+                class_world_size(test)
             except ConfigError as exc:
                 return str(exc)
-            except Exception as exc:  # a property that raises
-                return f"{name} raised {type(exc).__name__}: {exc}"
     return ""
 
 

@@ -46,6 +46,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
     _dt_spawns_in_setup: ClassVar[bool] = False
     _dt_default_world_size: ClassVar[int] = DEFAULT_WORLD_SIZE
     _dt_reads_world_size: ClassVar[bool] = True  # WORLD_SIZE overrides the default
+    _dt_reads_backend: ClassVar[bool] = True  # False: BACKEND is the test's own business (PyTorch's class)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,7 +77,7 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
     def world_size(self) -> int:
         """Ranks per test: ``requires_world_size(n)``, env ``WORLD_SIZE``, else the class default."""
         required = getattr(self._dt_method(), "_required_world_size", None)
-        from_env = _config.load().world_size if self._dt_reads_world_size else None
+        from_env = _config.world_size_from_env() if self._dt_reads_world_size else None
         return int(required or from_env or self._dt_default_world_size)
 
     @property

@@ -24,6 +24,7 @@ from typing import Any
 from distributed_testing import _config, _outcomes, _rank, _run
 from distributed_testing._protocol import RankResult
 from distributed_testing._run import TestRun
+from distributed_testing._world_sizes import class_world_size
 
 __unittest = True
 
@@ -118,7 +119,7 @@ def prepare(run: TestRun, case: Any) -> None:
     """From ``setUp``: this process is one rank; the test will run here, in place."""
     launched = current()
     assert launched is not None
-    wanted = _config.parse_world_size(case.world_size, f"{type(case).__name__}.world_size")
+    wanted = class_world_size(case)
     if wanted != launched.launch.world_size:
         raise unittest.SkipTest(f"needs world size {wanted}, launched with {launched.launch.world_size}")
     run.world_size = wanted

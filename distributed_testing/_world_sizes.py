@@ -11,11 +11,13 @@ from distributed_testing._errors import ConfigError
 
 __all__ = [
     "checked_method_name",
+    "class_world_size",
     "declared_world_size",
     "expand_world_sizes",
     "no_such_test",
     "required_world_size",
     "world_sizes",
+    "zero_world_size_reason",
 ]
 
 T = TypeVar("T")
@@ -142,3 +144,34 @@ def no_such_test(cls: type, name: str) -> str:
     tests = sorted(n for n in dir(cls) if n.startswith("test"))
     listed = ", ".join(tests) if tests else "no test methods"
     return f"{cls.__name__} has no test method {name!r}; it has: {listed}"
+
+
+def class_world_size(case: Any) -> int:
+    """The world size a test case asks for, 0 included (no rank can run here: its tests
+    skip); anything else that is not a size is a ConfigError naming the class."""
+    name = f"{type(case).__name__}.world_size"
+    try:
+        value = case.world_size
+    except Exception as exc:  # a property that raises
+        raise ConfigError(f"{name} raised {type(exc).__name__}: {exc}", name) from None
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return 0
+    try:
+        return parse_world_size(value, name)
+    except ConfigError:
+        raise ConfigError(
+            f"{name} must be an integer >= 1 (or 0, when no rank can run here: its tests skip), got "
+            f"{name}={value!r}. Example: class {type(case).__name__}(...): world_size = 2",
+            name,
+            value,
+        ) from None
+
+
+def zero_world_size_reason(case: Any) -> str:
+    """Why a test whose class's world size is 0 skips, with the likely cause."""
+    from distributed_testing import _devices
+
+    cause = ""
+    if _devices.cuda_device_count() == 0:
+        cause = ": torch.cuda.device_count() is 0 here"
+    return f"{type(case).__name__}.world_size is 0{cause}; no rank to run"

@@ -1,0 +1,165 @@
+"""Patterns real suites use: a class world size of 0, BACKEND set by the test, long runs."""
+
+from __future__ import annotations
+
+from conftest import Runner, outcomes
+
+ZERO_AND_ONE = """
+class TestNoGpus(MultiProcessTestCase):
+    world_size = min(8, torch.cuda.device_count())  # as PyTorch's FSDP and DTensor files do
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    def test_needs_gpus(self):
+        raise AssertionError("never runs: there is no rank")
+
+
+class TestPool(MultiProcContinuousTest):
+    world_size = torch.cuda.device_count()
+
+    def test_on_the_pool(self):
+        raise AssertionError("never runs")
+
+
+class TestOthers(MultiProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    @property
+    def world_size(self):
+        return 2
+
+    def test_runs(self):
+        self.assertIn(self.rank, (0, 1))
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_a_class_world_size_of_0_skips_that_class_and_runs_the_rest(runner: Runner) -> None:
+    path = runner.write(ZERO_AND_ONE)
+    for run in (runner.run(str(path), "-v"), runner.pytest(str(path), "-v", "-rs")):
+        assert run.returncode == 0, run.output
+        assert "TestNoGpus.world_size is 0: torch.cuda.device_count() is 0 here; no rank to run" in run.output
+        assert "TestPool.world_size is 0: torch.cuda.device_count() is 0 here; no rank to run" in run.output
+    found = outcomes(runner.run(str(path), "-v").output)
+    assert found["TestOthers.test_runs"] == "ok"
+    assert found["TestNoGpus.test_needs_gpus"].startswith("skipped")
+    assert runner.leftovers() == []
+
+
+def test_a_negative_class_world_size_is_a_usage_error_naming_the_class(runner: Runner) -> None:
+    path = runner.write("""
+        class TestBad(MultiProcessTestCase):
+            world_size = -1
+
+            def setUp(self):
+                super().setUp()
+                self._spawn_processes()
+
+            def test_x(self):
+                pass
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path))
+    assert run.returncode == 2, run.output
+    assert "TestBad.world_size must be an integer >= 1 (or 0, when no rank can run here: its tests skip), " \
+           "got TestBad.world_size=-1. Example: class TestBad(...): world_size = 2" in run.stderr
+    assert "Traceback" not in run.output
+
+
+BACKEND_IN_SETUP = """
+class TestSetsBackend(MultiProcessTestCase):
+    backend_value = "nccl"
+
+    def setUp(self):
+        super().setUp()
+        os.environ["BACKEND"] = self.backend_value
+        self._spawn_processes()
+
+    @property
+    def world_size(self):
+        return 2
+
+    def test_x(self):
+        pass
+
+
+class TestBogus(TestSetsBackend):
+    backend_value = "bogus"
+
+
+class TestGloo(TestSetsBackend):
+    backend_value = "gloo"
+
+    def test_x(self):
+        self.assertEqual(os.environ["BACKEND"], "gloo")
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_a_backend_the_test_sets_is_named_as_the_test_s_not_a_config_traceback(runner: Runner) -> None:
+    path = runner.write(BACKEND_IN_SETUP)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 1, run.output  # the unknown name is an error
+    found = outcomes(run.output)
+    assert found["TestSetsBackend.test_x"] == (
+        "skipped \"BACKEND='nccl' was set by the test, not the shell (the shell set none), and this torch "
+        "build cannot run it: it has gloo\""
+    ), run.output
+    assert found["TestGloo.test_x"] == "ok"
+    assert found["TestBogus.test_x"] == "ERROR"
+    assert "BACKEND='bogus' was set by the test, not the shell (the shell set none), and this torch build " \
+           "knows no such backend: it has gloo. Example: os.environ['BACKEND'] = 'gloo'" in run.output
+    assert "_config.py" not in run.output and "_oneshot.py" not in run.output
+    assert runner.leftovers() == []
+
+
+def test_a_long_run_releases_each_test_and_what_it_kept(runner: Runner) -> None:
+    # Each test keeps an open file and 4 MiB on self, in a reference cycle: a run that
+    # kept its tests (or could not collect them) would hold 500 files and 2 GiB.
+    path = runner.write("""
+        def _open_fds():
+            return len(os.listdir("/proc/self/fd"))
+
+        def _rss_mib():
+            with open("/proc/self/status") as status:
+                line = next(l for l in status if l.startswith("VmRSS:"))
+            return int(line.split()[1]) // 1024
+
+        SEEN = {}
+
+        class TestLong(unittest.TestCase):
+            def setUp(self):
+                self.kept = open(__file__)
+                self.buffer = bytearray(4 << 20)
+                self.buffer[::4096] = b"x" * len(self.buffer[::4096])  # touched: resident
+                self.me = self  # a cycle: freed by the collector, not by reference counts
+
+        for i in range(500):
+            setattr(TestLong, f"test_{i:03d}", lambda self, i=i: SEEN.setdefault(i, (_open_fds(), _rss_mib())))
+
+        class TestZLast(unittest.TestCase):
+            def test_flat(self):
+                import gc
+                gc.collect()
+                fds, rss = _open_fds(), _rss_mib()
+                first_fds, first_rss = SEEN[10]
+                print(f"fds {first_fds} -> {fds}, rss {first_rss} -> {rss} MiB")
+                self.assertLess(fds - first_fds, 10)
+                self.assertLess(rss - first_rss, 200)
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 0, run.output
+    assert "test_flat (__main__.TestZLast.test_flat) ... ok" in run.output
