@@ -73,14 +73,14 @@ class _Connection:
 
     def request(self, message: tuple[Any, ...], fds: list[int] | None = None) -> Any:
         self.settle()
-        _server.send_message(self.sock, message, fds)
-        reply, _ = _server.recv_message(self.sock)
+        _process.send_message(self.sock, message, fds)
+        reply, _ = _process.recv_message(self.sock)
         return reply
 
     def ready(self) -> dict[str, Any]:
         """The server's first message: what it imported. EOFError if it is not fit to fork from."""
         if self.info is None:
-            reply, _ = _server.recv_message(self.sock)
+            reply, _ = _process.recv_message(self.sock)
             self.info = reply[1]
             _log_report(self.kind, self.pid, self.info)
         if self.info.get("unfit"):
@@ -91,7 +91,7 @@ class _Connection:
         """Read the replies to earlier preload requests."""
         self.ready()
         while self.pending:
-            reply, _ = _server.recv_message(self.sock)
+            reply, _ = _process.recv_message(self.sock)
             self.pending -= 1
             _log_report("learned", self.pid, reply[1])
 
@@ -240,7 +240,7 @@ def _start_fresh(modules: list[str]) -> _Connection:
         "main_path": os.path.abspath(main_path) if main_path and os.path.isfile(main_path) else None,
         "preload": [m for m in [*modules, *_learned] if m not in _refused],
     }
-    _server.send_message(parent_end, config)
+    _process.send_message(parent_end, config)
     logger.debug("fork server: fresh interpreter %d started", process.pid)
     return _Connection("fresh", parent_end, process, os.getpid())
 
@@ -329,7 +329,7 @@ def learn(modules: Iterable[str]) -> None:
         _learned.extend(name for name in names if name not in _learned)
         try:
             connection.settle()
-            _server.send_message(connection.sock, ("preload", names, list(sys.path)))
+            _process.send_message(connection.sock, ("preload", names, list(sys.path)))
             connection.pending += 1
         except (EOFError, OSError) as exc:
             _replace(f"server {connection.pid} stopped: {exc}")

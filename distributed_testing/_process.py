@@ -1,6 +1,7 @@
 """Process plumbing shared by the test process, the fork server and ranks.
 
-Where a process's output goes (fds 1 and 2, for Python and C++ alike), the tie
+Messages between processes (length-prefixed pickles, descriptors alongside),
+where a process's output goes (fds 1 and 2, for Python and C++ alike), the tie
 that kills a rank with its parent, the parent's state a rank takes, connections
 passed to a forked rank as descriptors, and importing the test file run as
 ``__main__``. Standard library only: the fork server imports it before torch.
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pickle
 import signal
+import socket
+import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +29,46 @@ __all__ = [
     "import_main",
     "main_is",
     "output_to",
+    "recv_message",
     "redirect_output",
+    "send_message",
 ]
 
 _PR_SET_PDEATHSIG = 1
+_HEADER = struct.Struct("!I")
+_MAX_FDS = 8
+
+
+def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:
+    """Send one pickled message (and, with it, ``fds``)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    header = _HEADER.pack(len(data))
+    if fds:
+        socket.send_fds(sock, [header], fds)
+        sock.sendall(data)
+    else:
+        sock.sendall(header + data)
+
+
+def recv_message(sock: socket.socket) -> tuple[Any, list[int]]:
+    """Receive one message and the descriptors sent with it. EOFError when the peer is gone."""
+    header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, _MAX_FDS)
+    if not header:
+        raise EOFError("the peer closed the socket")
+    while len(header) < _HEADER.size:
+        more = sock.recv(_HEADER.size - len(header))
+        if not more:
+            raise EOFError("the peer closed the socket")
+        header += more
+    (size,) = _HEADER.unpack(header)
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the peer closed the socket mid-message")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return pickle.loads(b"".join(chunks)), list(fds)
 
 
 @contextmanager

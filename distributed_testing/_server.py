@@ -37,53 +37,18 @@ from distributed_testing._process import (
     import_main,
     main_is,
     output_to,
+    recv_message,
     redirect_output,
+    send_message,
 )
 
-__all__ = ["BASE_PRELOAD", "recv_message", "send_message", "serve", "thread_count"]
+__all__ = ["BASE_PRELOAD", "serve", "thread_count"]
 
 # What every server imports before it forks anything.
 BASE_PRELOAD = ("torch", "torch.distributed", "distributed_testing._rank", "distributed_testing._testcase")
 PROBE_WAIT = 5.0  # seconds a probe of torch's parallel ops may take before the server is refused
-_HEADER = struct.Struct("!I")
-_MAX_FDS = 8
 # Modules that are the process's entry point or the server itself: never learned.
 _NEVER = frozenset({"__mp_main__", "distributed_testing.__main__"})
-
-
-# -- messages ------------------------------------------------------------------
-
-
-def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:
-    """Send one pickled message (and, with it, ``fds``)."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    header = _HEADER.pack(len(data))
-    if fds:
-        socket.send_fds(sock, [header], fds)
-        sock.sendall(data)
-    else:
-        sock.sendall(header + data)
-
-
-def recv_message(sock: socket.socket) -> tuple[Any, list[int]]:
-    """Receive one message and the descriptors sent with it. EOFError when the peer is gone."""
-    header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, _MAX_FDS)
-    if not header:
-        raise EOFError("the peer closed the socket")
-    while len(header) < _HEADER.size:
-        more = sock.recv(_HEADER.size - len(header))
-        if not more:
-            raise EOFError("the peer closed the socket")
-        header += more
-    (size,) = _HEADER.unpack(header)
-    chunks, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            raise EOFError("the peer closed the socket mid-message")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return pickle.loads(b"".join(chunks)), list(fds)
 
 
 # -- what a preload may not do ---------------------------------------------------
