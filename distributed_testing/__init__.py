@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 # Each public name and the private module that defines it.
 _EXPORTS = {
     "ConfigError": "_errors",
+    "DEFAULT_WORLD_SIZE": "_guards",
     "DTensorTestBase": "_comms",
     "DistBackendTestCase": "_backend_case",
     "DistributedTestBase": "_testcase",
@@ -29,8 +30,13 @@ _EXPORTS = {
     "TEST_SKIPS": "_skips",
     "TestSkip": "_skips",
     "assert_same_on_all_ranks": "_assertions",
+    "at_least_x_gpu": "_guards",
+    "nccl_skip_if_lt_x_gpu": "_guards",
+    "require_n_gpus_for_nccl_backend": "_guards",
+    "requires_accelerator_dist_backend": "_guards",
     "requires_gloo": "_guards",
     "requires_mpi": "_guards",
+    "requires_multicast_support": "_guards",
     "requires_nccl": "_guards",
     "requires_nccl_version": "_guards",
     "requires_ucc": "_guards",
@@ -39,15 +45,18 @@ _EXPORTS = {
     "skip_if_lt_x_gpu": "_guards",
     "skip_if_no_gpu": "_guards",
     "skip_if_odd_worldsize": "_guards",
+    "skip_if_rocm_arch_multiprocess": "_guards",
     "skip_if_rocm_multiprocess": "_guards",
     "skip_if_small_worldsize": "_guards",
     "skip_if_win32": "_guards",
     "with_comms": "_comms",
     "with_dist_debug_levels": "_guards",
+    "with_nccl_blocking_wait": "_guards",
     "world_sizes": "_world_sizes",
 }
 
 __all__ = [
+    "DEFAULT_WORLD_SIZE",
     "TEST_SKIPS",
     "ConfigError",
     "DTensorTestBase",
@@ -60,8 +69,13 @@ __all__ = [
     "ShardedTensorTestBase",
     "TestSkip",
     "assert_same_on_all_ranks",
+    "at_least_x_gpu",
+    "nccl_skip_if_lt_x_gpu",
+    "require_n_gpus_for_nccl_backend",
+    "requires_accelerator_dist_backend",
     "requires_gloo",
     "requires_mpi",
+    "requires_multicast_support",
     "requires_nccl",
     "requires_nccl_version",
     "requires_ucc",
@@ -70,11 +84,13 @@ __all__ = [
     "skip_if_lt_x_gpu",
     "skip_if_no_gpu",
     "skip_if_odd_worldsize",
+    "skip_if_rocm_arch_multiprocess",
     "skip_if_rocm_multiprocess",
     "skip_if_small_worldsize",
     "skip_if_win32",
     "with_comms",
     "with_dist_debug_levels",
+    "with_nccl_blocking_wait",
     "world_sizes",
 ]
 
@@ -99,8 +115,14 @@ if TYPE_CHECKING:
     from distributed_testing._continuous import MultiProcContinuousTest
     from distributed_testing._errors import ConfigError, DistributedTestingError, RankFailure
     from distributed_testing._guards import (
+        DEFAULT_WORLD_SIZE,
+        at_least_x_gpu,
+        nccl_skip_if_lt_x_gpu,
+        require_n_gpus_for_nccl_backend,
+        requires_accelerator_dist_backend,
         requires_gloo,
         requires_mpi,
+        requires_multicast_support,
         requires_nccl,
         requires_nccl_version,
         requires_ucc,
@@ -108,10 +130,12 @@ if TYPE_CHECKING:
         skip_if_lt_x_gpu,
         skip_if_no_gpu,
         skip_if_odd_worldsize,
+        skip_if_rocm_arch_multiprocess,
         skip_if_rocm_multiprocess,
         skip_if_small_worldsize,
         skip_if_win32,
         with_dist_debug_levels,
+        with_nccl_blocking_wait,
     )
     from distributed_testing._runner import run_tests
     from distributed_testing._skips import TEST_SKIPS, TestSkip

@@ -178,7 +178,16 @@ def strict_error(missing: list[str]) -> ConfigError:
     )
 
 
-_VARIABLES = tuple(setting.variable for setting in SETTINGS)
+# Set next to BACKEND when this library exported its own default (for PyTorch-style
+# code that reads BACKEND): such a BACKEND is not the user's choice, so classes
+# that pick a backend per device (DTensorTestBase, with_comms) still pick their own.
+ENV_DEFAULTED_BACKEND = "DISTRIBUTED_TESTING_DEFAULTED_BACKEND"
+_VARIABLES = (*(setting.variable for setting in SETTINGS), ENV_DEFAULTED_BACKEND)
+
+
+def defaulted_backend(backend: str) -> dict[str, str]:
+    """The variables that export ``backend`` as this library's default, not the user's choice."""
+    return {"BACKEND": backend, ENV_DEFAULTED_BACKEND: backend}
 
 
 def load(environ: Mapping[str, str] | None = None, strict: bool = False) -> Settings:
@@ -205,8 +214,8 @@ def _load(env: Mapping[str, str], strict: bool) -> Settings:
     for setting in SETTINGS:  # in the table's order: the first bad value is the one reported
         value = _get(env, setting.variable)
         fields[setting.field] = setting.parse(value, setting.variable) if value is not None else setting.unset
-    backend_from_env = fields["backend"] is not None
-    if not backend_from_env:
+    backend_from_env = fields["backend"] is not None and _get(env, ENV_DEFAULTED_BACKEND) != _get(env, "BACKEND")
+    if fields["backend"] is None:
         fields["backend"] = _devices.default_backend(fields["world_size"] or 2)
     return Settings(backend_from_env=backend_from_env, **fields)
 

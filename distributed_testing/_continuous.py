@@ -181,7 +181,9 @@ def _timeout_seconds(cls: type) -> float:
 def _start_pool(cls: type, size: int) -> _pool.RankPool:
     settings = _config.load()
     method = _launcher.choose_start_method(_config.resolve_start_method(getattr(cls, "start_method", None), settings))
-    env = {"WORLD_SIZE": str(size), "BACKEND": settings.backend}
+    env = {"WORLD_SIZE": str(size)}
+    if not settings.backend_from_env:
+        env.update(_config.defaulted_backend(settings.backend))
     return _pool.RankPool(cls, size, method, _timeout_seconds(cls), env)
 
 

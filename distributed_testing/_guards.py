@@ -4,19 +4,25 @@ A guard whose condition is known at import (a backend compiled in, a GPU
 count) is a plain ``unittest.skipIf``, so the runner skips before starting any
 process. A guard that depends on the test's world size or backend records a
 check that the parent evaluates before spawning ranks, and that the rank
-evaluates again if the method is called directly.
+evaluates again if the method is called directly. A guard that must ask a GPU
+(multicast support, a ROCm architecture) asks it when the test is about to run,
+in a fresh interpreter unless this process is a rank, so the parent and the fork
+server never initialise CUDA; with no GPU it is a plain skip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import unittest
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from distributed_testing import _config, _devices
+from distributed_testing._device_query import ask_device
+from distributed_testing._errors import ConfigError
 
 __unittest = True
 
@@ -27,8 +33,12 @@ GUARDS_ATTR = "_dt_guards"
 
 #: The guards, by PyTorch's names (``torch_compat`` replaces PyTorch's with these).
 GUARDS = (
+    "nccl_skip_if_lt_x_gpu",
+    "require_n_gpus_for_nccl_backend",
+    "requires_accelerator_dist_backend",
     "requires_gloo",
     "requires_mpi",
+    "requires_multicast_support",
     "requires_nccl",
     "requires_nccl_version",
     "requires_ucc",
@@ -36,13 +46,41 @@ GUARDS = (
     "skip_if_lt_x_gpu",
     "skip_if_no_gpu",
     "skip_if_odd_worldsize",
+    "skip_if_rocm_arch_multiprocess",
     "skip_if_rocm_multiprocess",
     "skip_if_small_worldsize",
     "skip_if_win32",
     "with_dist_debug_levels",
 )
+#: Other names of PyTorch's ``common_distributed`` defined here (``torch_compat`` replaces them too).
+HELPERS = ("DEFAULT_WORLD_SIZE", "at_least_x_gpu", "with_nccl_blocking_wait")
 
-__all__ = ["GUARDS", "guard_reason", *GUARDS]
+__all__ = ["GUARDS", "HELPERS", "guard_reason", *GUARDS, *HELPERS]
+
+# The c10d backends PyTorch's requires_accelerator_dist_backend counts; no other name does.
+_ACCELERATOR_BACKENDS = ("nccl", "xccl", "hccl")
+
+if TYPE_CHECKING:
+    #: PyTorch's default world size: 4; on ROCm, the GPU count clamped to 2..4.
+    #: Computed on first use, so importing this module does not import torch.
+    DEFAULT_WORLD_SIZE: int
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name == "DEFAULT_WORLD_SIZE":
+            value = globals()[name] = _default_world_size()
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _default_world_size() -> int:
+    if _devices.is_rocm():
+        return min(4, max(2, _devices.cuda_device_count()))
+    return 4
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 def _backend_guard(name: str) -> Callable[[F], F]:
@@ -87,14 +125,149 @@ def requires_nccl_version(version: tuple[int, ...], msg: str) -> Callable[[F], F
     )
 
 
-def skip_if_lt_x_gpu(x: int, *, allow_cpu: bool = False) -> Callable[[F], F]:
-    """Skip unless there are at least ``x`` CUDA devices.
+def _accelerator_counts() -> dict[str, int]:
+    """Devices per accelerator PyTorch's guards count: CUDA always; HPU and XPU where present.
 
-    ``allow_cpu=True`` runs the test on a machine with no GPU at all, as PyTorch's.
+    Counted without initialising a device runtime (CUDA through NVML), so the
+    process can still fork ranks.
     """
+    import torch
+
+    counts = {"CUDA": _devices.cuda_device_count()}
+    others: tuple[tuple[str, Any], ...] = (("HPU", getattr(torch, "hpu", None)), ("XPU", getattr(torch, "xpu", None)))
+    for kind, module in others:
+        try:
+            if module is not None and module.is_available():
+                counts[kind] = int(module.device_count())
+        except Exception:  # a broken plugin or driver counts as no device
+            continue
+    return counts
+
+
+def _enough_devices(counts: dict[str, int], x: int) -> bool:
+    return any(0 < found >= x for found in counts.values())
+
+
+def _lt_x_gpu_reason(x: int, counts: dict[str, int]) -> str:
+    if list(counts) == ["CUDA"]:
+        return f"needs {_plural(x, 'CUDA device')}, found {counts['CUDA']}"
+    kinds = ", ".join(counts)
+    found = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+    return f"needs {x} devices of one accelerator ({kinds}), found {found}"
+
+
+def at_least_x_gpu(x: int) -> bool:
+    """Whether one accelerator (CUDA, HPU or XPU) has at least ``x`` devices, as PyTorch's."""
+    return _enough_devices(_accelerator_counts(), x)
+
+
+def skip_if_lt_x_gpu(x: int, *, allow_cpu: bool = False) -> Callable[[F], F]:
+    """Skip unless one accelerator (CUDA, HPU or XPU) has at least ``x`` devices.
+
+    ``allow_cpu=True`` also runs the test on a machine with no accelerator at all
+    (where it runs on CPU), as PyTorch's; a machine with too few still skips.
+    """
+    counts = _accelerator_counts()
+    runs = _enough_devices(counts, x) or (allow_cpu and not any(counts.values()))
+    reason = _lt_x_gpu_reason(x, counts)
+    if allow_cpu and not runs:
+        reason += " (allow_cpu runs it only where there is no accelerator)"
+    return unittest.skipIf(not runs, reason)
+
+
+def _nccl_gpus_guard(backend: str, x: int) -> Callable[[F], F]:
     found = _devices.cuda_device_count()
-    skip = found < x and not (allow_cpu and found == 0)
-    return unittest.skipIf(skip, f"needs {x} CUDA device{'s' * (x != 1)}, found {found}")
+    return unittest.skipIf(
+        backend == "nccl" and found < x,
+        f"needs {_plural(x, 'CUDA device')} for the nccl backend, found {found}",
+    )
+
+
+def nccl_skip_if_lt_x_gpu(backend: str, x: int) -> Callable[[F], F]:
+    """Skip when ``backend`` is nccl and there are fewer than ``x`` CUDA devices."""
+    return _nccl_gpus_guard(backend, x)
+
+
+def require_n_gpus_for_nccl_backend(n: int, backend: str) -> Callable[[F], F]:
+    """Skip when ``backend`` is nccl and there are fewer than ``n`` CUDA devices."""
+    return _nccl_gpus_guard(backend, n)
+
+
+def _accelerator_backend_available(name: str) -> bool:
+    if name == "hccl":  # PyTorch's test: an HPU is there (the backend comes with its plugin)
+        return "HPU" in _accelerator_counts()
+    return name in ("nccl", "xccl") and _devices.backend_available(name)
+
+
+def requires_accelerator_dist_backend(backends: Sequence[str] | None = None) -> Callable[[F], F]:
+    """Skip unless one of ``backends`` (default nccl, xccl, hccl) is an available accelerator backend.
+
+    As PyTorch's, only nccl, xccl and hccl count: any other name (gloo) never does.
+    """
+    wanted = list(_ACCELERATOR_BACKENDS if backends is None else backends)
+    if any(_accelerator_backend_available(name) for name in wanted):
+        return unittest.skipIf(False, "")
+    found = []
+    others = [name for name in wanted if name not in _ACCELERATOR_BACKENDS]
+    if others:
+        verb = "is not one" if len(others) == 1 else "are not"
+        found.append(f"{', '.join(others)} {verb} (those are {', '.join(_ACCELERATOR_BACKENDS)})")
+    if {"nccl", "xccl"} & set(wanted):
+        found.append(f"this torch build has {', '.join(_devices.available_backends()) or 'no backend'}")
+    if "hccl" in wanted:
+        found.append("hccl needs an HPU, found none")
+    among = ", ".join(wanted) or "no name given"
+    why = f"needs an accelerator communication backend among {among}, found none: {'; '.join(found)}"
+    return unittest.skipIf(True, why)
+
+
+# -- guards that ask device 0, in a fresh interpreter unless CUDA is safe here ---------
+
+
+
+def _device_guard(reason: Callable[[], str | None]) -> Callable[[F], F]:
+    """A guard asked of device 0 when a test would run (in the parent, before ranks start).
+
+    On a class it is asked now and marks the class as unittest's skips do, so
+    it holds for any TestCase.
+    """
+
+    def decorate(target: F) -> F:
+        if isinstance(target, type):
+            why = reason()
+            return unittest.skipIf(why is not None, why or "")(target)
+        return _dynamic_guard(lambda case: reason())(target)
+
+    return decorate
+
+
+def _multicast_reason() -> str | None:
+    if ask_device("_device0_multicast") == "1":
+        return None
+    return "needs CUDA multicast support, which device 0 does not have"
+
+
+def requires_multicast_support() -> Callable[[F], F]:
+    """Skip unless CUDA device 0 supports multicast (symmetric memory), as PyTorch's."""
+    found = _devices.cuda_device_count()
+    if found == 0:
+        return unittest.skipIf(True, "needs CUDA multicast support, found no CUDA device")
+    return _device_guard(_multicast_reason)
+
+
+def skip_if_rocm_arch_multiprocess(arch: Iterable[str]) -> Callable[[F], F]:
+    """Skip on ROCm when device 0's architecture (``gfx942``, ...) is one of ``arch``."""
+    archs = tuple(arch)
+    if not _devices.is_rocm() or _devices.cuda_device_count() == 0:
+        return lambda func: func
+
+    def reason() -> str | None:
+        found = ask_device("_device0_arch")
+        if found not in archs:
+            return None
+        return f"skipped on ROCm architecture {found} (skipped on: {', '.join(archs)})"
+
+    return _device_guard(reason)
 
 
 def skip_if_win32() -> Callable[[F], F]:
@@ -112,7 +285,10 @@ def _world_size_of(case: Any) -> int:
 
 
 def _backend_of(case: Any) -> str:
-    return _config.current_backend()
+    try:
+        return _config.current_backend()
+    except ConfigError:  # a BACKEND the test set that this build lacks: compare names, as PyTorch does
+        return os.environ.get("BACKEND", "").strip().lower()
 
 
 def _no_gpu_reason(case: Any) -> str | None:
@@ -198,6 +374,35 @@ def with_dist_debug_levels(levels: Iterable[str]) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def with_nccl_blocking_wait(func: F) -> F:
+    """Run the test with ``TORCH_NCCL_BLOCKING_WAIT=1`` and without
+    ``TORCH_NCCL_ASYNC_ERROR_HANDLING``; both are restored afterwards."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _environ({"TORCH_NCCL_BLOCKING_WAIT": "1"}, unset=("TORCH_NCCL_ASYNC_ERROR_HANDLING",)):
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[None]:
+    names = [*values, *unset]
+    saved = {name: os.environ.get(name) for name in names}
+    for name in unset:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _dynamic_guard(check: Check) -> Callable[[F], F]:

@@ -37,11 +37,7 @@ def new_run(case: Any) -> TestRun:
     _janitor.register(directory)
     file_name = os.path.join(directory, "rendezvous")
     open(file_name, "w").close()
-    try:
-        settings = _config.load()
-    except ConfigError:  # a BACKEND the test set: prepare() says what to do about it
-        settings = _config.load({k: v for k, v in os.environ.items() if k != "BACKEND"})
-    return TestRun(case.id(), directory, file_name, settings)
+    return TestRun(case.id(), directory, file_name)  # settings: when the ranks start, after the test's setUp
 
 
 def prepare(run: TestRun, case: Any) -> None:
@@ -80,7 +76,7 @@ def prepare(run: TestRun, case: Any) -> None:
 def start_ranks(run: TestRun, case: Any) -> None:
     """Start ``world_size`` ranks of ``case`` (all but the debug rank) as processes."""
     cls = type(case)
-    method = _launcher.choose_start_method(_config.resolve_start_method(cls.start_method, run.settings))
+    method = _launcher.choose_start_method(_config.resolve_start_method(cls.start_method, _settings(run, case)))
     start_processes(run, case, _launcher.process_class(method, cls.__module__))
 
 
@@ -88,13 +84,14 @@ def start_processes(run: TestRun, case: Any, proc: Any) -> None:
     """Start the ranks with ``proc``, a multiprocessing Process class (PyTorch's ``_start_processes``)."""
     cls = type(case)
     run.world_size = class_world_size(case)
-    run.timeout = _config.resolve_timeout(cls.timeout, run.settings)
+    settings = _settings(run, case)
+    run.timeout = _config.resolve_timeout(cls.timeout, settings)
     # Once for all ranks: they must agree (e.g. on MASTER_PORT). WORLD_SIZE and
     # BACKEND are exported because PyTorch-style decorators read them.
     run.rank_env = {"WORLD_SIZE": str(run.world_size), **case._rank_env()}
     if not os.environ.get("BACKEND"):  # else the ranks see the BACKEND the test process has
-        run.rank_env["BACKEND"] = run.settings.backend
-    run.debug_rank = _debug_rank(run.settings, run.world_size)
+        run.rank_env.update(_config.defaulted_backend(settings.backend))
+    run.debug_rank = _debug_rank(settings, run.world_size)
     run.handles = []
     for rank in range(run.world_size):
         if rank == run.debug_rank:
@@ -179,9 +176,9 @@ def _join_once(run: TestRun, case: Any, fn: Any) -> None:
             first_failure=waited.first_failure,
             expected_code=expected,
             ignore_codes=ignore,
-            rerun=_run.rerun_command(case, run.settings, len(views)),
+            rerun=_run.rerun_command(case, _settings(run, case), len(views)),
         )
-        if run.settings.show_output:
+        if _settings(run, case).show_output:
             _print_outputs(views)
         _run.raise_outcome(case, outcome, views)
     except KeyboardInterrupt:
@@ -241,6 +238,14 @@ def cleanup(run: TestRun) -> None:
     if os.path.isdir(run.directory):
         shutil.rmtree(run.directory, ignore_errors=True)
     _janitor.unregister(run.directory)
+
+
+def _settings(run: TestRun, case: Any) -> _config.Settings:
+    """The run's settings, read when its ranks start (PyTorch's ``_start_processes(proc)``
+    may be called without ``_spawn_processes``)."""
+    if run.settings is None:
+        run.settings = _config.load_for_test(type(case)._dt_reads_backend)[0]
+    return run.settings
 
 
 def _debug_rank(settings: _config.Settings, world_size: int) -> int | None:

@@ -39,7 +39,7 @@ class TestRun:
     test_id: str
     directory: str  # private to the test: rendezvous file, rank logs and stacks
     file_name: str  # the rendezvous file (``self.file_name``)
-    settings: _config.Settings
+    settings: _config.Settings | None = None  # read when the ranks start (after the test's setUp)
     mode: Mode = "ranks"
     prepared: bool = False  # _spawn_processes ran: the mode is decided, one-shot ranks started
     skip_reason: str = ""

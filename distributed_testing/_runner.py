@@ -111,7 +111,7 @@ def _environment(settings: _config.Settings) -> Iterator[str]:
     """Export the defaults the ranks (and PyTorch-style suites) read; yield the note."""
     defaults: dict[str, str] = {}
     if not settings.backend_from_env:
-        defaults["BACKEND"] = settings.backend
+        defaults.update(_config.defaulted_backend(settings.backend))
     if "INIT_METHOD" not in os.environ or not os.environ["INIT_METHOD"]:
         defaults["INIT_METHOD"] = settings.init_method
     private = None
@@ -134,7 +134,7 @@ def _environment(settings: _config.Settings) -> Iterator[str]:
 def _defaults_note(defaults: dict[str, str], settings: _config.Settings, private: bool) -> str:
     if not defaults and settings.world_size is not None:
         return ""
-    parts = [f"{k}={v}" for k, v in defaults.items() if k != "TEMP_DIR"]
+    parts = [f"{k}={v}" for k, v in defaults.items() if k not in ("TEMP_DIR", _config.ENV_DEFAULTED_BACKEND)]
     if private:
         parts.append("TEMP_DIR=<private, removed at exit>")
     if settings.world_size is None:

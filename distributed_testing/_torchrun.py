@@ -123,6 +123,7 @@ def prepare(run: TestRun, case: Any) -> None:
     if wanted != launched.launch.world_size:
         raise unittest.SkipTest(f"needs world size {wanted}, launched with {launched.launch.world_size}")
     run.world_size = wanted
+    run.settings = run.settings or _config.load()
     run.timeout = _config.resolve_timeout(type(case).timeout, run.settings)
     run.launch_key = launched.next_test(case.id())
     case.rank = launched.launch.rank

@@ -1,7 +1,8 @@
 """Run suites written for PyTorch's ``common_distributed`` on this engine, unmodified.
 
 ``install()`` points the framework names of ``torch.testing._internal.common_distributed``
-(the three test-case classes, ``TEST_SKIPS``, ``TestSkip`` and the skip guards) and
+(the three test-case classes, ``TEST_SKIPS``, ``TestSkip``, the skip guards,
+``at_least_x_gpu``, ``with_nccl_blocking_wait`` and ``DEFAULT_WORLD_SIZE``) and
 ``torch.testing._internal.common_utils.run_tests`` at this library's, so a file that
 imports them from PyTorch *after* ``install()`` runs on this engine::
 
@@ -12,7 +13,7 @@ imports them from PyTorch *after* ``install()`` runs on this engine::
 
 Helpers that are test data rather than framework (``DistTestCases``,
 ``init_multigpu_helper``, ``simple_sparse_reduce_tests``, ``verify_ddp_error_logged``,
-DDP models, ``with_nccl_blocking_wait``, ...) stay PyTorch's.
+DDP models, ...) stay PyTorch's.
 
 The classes installed keep PyTorch's ``common_utils.TestCase`` as a base, after
 this library's class: suites use its ``assertEqual`` (``exact_dtype``,
@@ -54,10 +55,9 @@ __all__ = [
 TORCH_MODULE = "torch.testing._internal.common_distributed"
 UTILS_MODULE = "torch.testing._internal.common_utils"
 ENV_FLAG = "DISTRIBUTED_TESTING_TORCH_COMPAT"  # "1": Python processes of this run install at start
-DEFAULT_WORLD_SIZE = 4  # PyTorch's MultiProcessTestCase.world_size, whatever WORLD_SIZE says
 
 _CLASSES = ("MultiProcessTestCase", "DistributedTestBase", "MultiProcContinuousTest")
-_GUARDS = _guards.GUARDS
+_GUARDS = (*_guards.GUARDS, *_guards.HELPERS)
 #: The names of ``common_distributed`` that ``install()`` replaces (and ``common_utils.run_tests``).
 REPLACED: tuple[str, ...] = (*_CLASSES, "TEST_SKIPS", "TestSkip", *_GUARDS)
 
@@ -77,6 +77,21 @@ _PYTORCH_RUNNER_MODES = (
     "SLOW_TESTS_FILE",
     "DISABLED_TESTS_FILE",
     "RERUN_DISABLED_TESTS",
+)
+# Everything else this module reads or sets in PyTorch, as (module, dotted name), besides
+# REPLACED in common_distributed: a test fails, naming it, when the installed torch lacks one.
+_TORCH_NAMES_USED: tuple[tuple[str, str], ...] = (
+    (UTILS_MODULE, "run_tests"),
+    (UTILS_MODULE, "TestCase"),
+    (UTILS_MODULE, "TestCase.assertEqual"),
+    (UTILS_MODULE, "TestCase.assertNotEqual"),
+    (UTILS_MODULE, "TestCase._should_stop_test_suite"),
+    (UTILS_MODULE, "PRINT_REPRO_ON_FAILURE"),
+    (UTILS_MODULE, "parse_cmd_line_args"),
+    (UTILS_MODULE, "UNITTEST_ARGS"),
+    (UTILS_MODULE, "RUN_PARALLEL"),
+    *((UTILS_MODULE, name) for name in _PYTORCH_RUNNER_MODES),
+    *((module, name) for module, name, _variable, _default in _IMPORT_TIME_ENV),
 )
 
 if TYPE_CHECKING:  # made on first use (they need PyTorch's TestCase): see _build_classes
@@ -167,9 +182,11 @@ def _build_classes() -> dict[str, type]:
 
         assertEqual = torch_case.assertEqual  # noqa: N815  # ahead of our tensor-aware one in the MRO
         assertNotEqual = torch_case.assertNotEqual  # noqa: N815
-        # PyTorch's world size: ``requires_world_size(n)``, else 4; WORLD_SIZE is not read.
-        _dt_default_world_size = DEFAULT_WORLD_SIZE
+        # PyTorch's world size: ``requires_world_size(n)``, else DEFAULT_WORLD_SIZE (4 but
+        # on ROCm); WORLD_SIZE is not read.
+        _dt_default_world_size = _guards.DEFAULT_WORLD_SIZE
         _dt_reads_world_size = False
+        _dt_reads_backend = False  # a BACKEND the test sets is its own business, as on PyTorch's
 
         def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
             with _without_pytorch_repro():

@@ -556,7 +556,7 @@ def test_configure_from_environment_rejects_a_bad_level(library_logger: logging.
 def test_the_table_fills_every_settings_field_once() -> None:
     fields = [f.name for f in dataclasses.fields(Settings) if f.name != "backend_from_env"]
     assert sorted(s.field for s in _settings.SETTINGS) == sorted(fields)
-    assert _config._VARIABLES == tuple(s.variable for s in _settings.SETTINGS)
+    assert _config._VARIABLES == (*(s.variable for s in _settings.SETTINGS), _config.ENV_DEFAULTED_BACKEND)
     for attribute in ("variable", "option", "pytest_option"):
         names = [getattr(s, attribute) for s in _settings.SETTINGS if getattr(s, attribute)]
         assert len(names) == len(set(names)), attribute
@@ -722,3 +722,11 @@ def test_pytest_plugin_bad_log_level_is_a_usage_error(runner: Runner) -> None:
     run = runner.pytest("test_seen.py", "--dt-log", "loud")
     assert run.returncode == 4, run.output
     assert "DISTRIBUTED_TESTING_LOG must be one of debug, info, warning, got DISTRIBUTED_TESTING_LOG='loud'" in run.output
+
+
+def test_a_backend_exported_as_the_library_default_is_not_the_user_s_choice() -> None:
+    from distributed_testing._config import ENV_DEFAULTED_BACKEND, defaulted_backend
+
+    assert load(defaulted_backend("gloo")).backend_from_env is False  # DTensorTestBase may pick cuda/nccl
+    assert load({"BACKEND": "gloo"}).backend_from_env is True
+    assert load({"BACKEND": "gloo", ENV_DEFAULTED_BACKEND: "nccl"}).backend_from_env is True  # the user changed it

@@ -13,6 +13,7 @@ import distributed_testing
 
 PUBLIC_NAMES = [
     "ConfigError",
+    "DEFAULT_WORLD_SIZE",
     "DTensorTestBase",
     "DistBackendTestCase",
     "DistributedTestBase",
@@ -24,8 +25,13 @@ PUBLIC_NAMES = [
     "TEST_SKIPS",
     "TestSkip",
     "assert_same_on_all_ranks",
+    "at_least_x_gpu",
+    "nccl_skip_if_lt_x_gpu",
+    "require_n_gpus_for_nccl_backend",
+    "requires_accelerator_dist_backend",
     "requires_gloo",
     "requires_mpi",
+    "requires_multicast_support",
     "requires_nccl",
     "requires_nccl_version",
     "requires_ucc",
@@ -34,11 +40,13 @@ PUBLIC_NAMES = [
     "skip_if_lt_x_gpu",
     "skip_if_no_gpu",
     "skip_if_odd_worldsize",
+    "skip_if_rocm_arch_multiprocess",
     "skip_if_rocm_multiprocess",
     "skip_if_small_worldsize",
     "skip_if_win32",
     "with_comms",
     "with_dist_debug_levels",
+    "with_nccl_blocking_wait",
     "world_sizes",
 ]
 

@@ -144,8 +144,10 @@ def test_a_world_size_property_that_is_not_an_int(runner: Runner):
     """)
     run = runner.run(str(path))
     assert run.returncode == 2, run.output
-    assert _error_line(run.output).startswith(
-        "TestBadSize.world_size must be an integer >= 1, got TestBadSize.world_size='three'."
+    # Names the class and shows a class attribute: WORLD_SIZE=2 would change nothing here.
+    assert _error_line(run.output) == (
+        "TestBadSize.world_size must be an integer >= 1 (or 0, when no rank can run here: its tests skip), "
+        "got TestBadSize.world_size='three'. Example: class TestBadSize(...): world_size = 2"
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -215,3 +218,94 @@ def test_pytorch_distributed_test_suite_through_torch_suite_tool(runner):
     assert counts == {"passed": 5, "failed": 0, "error": 0, "skipped": 3, "missing": 0}, proc.stdout
     assert wait_gone(str(runner.tmp_path)) == []
     assert not os.listdir(runner.scratch)
+
+
+# -- the PyTorch names torch_compat relies on exist in the installed torch ----------
+
+
+def _top_level_names(module_name: str) -> set[str]:
+    """The globals a module's source defines at its top level (in if/try blocks too), without importing it."""
+    spec = importlib.util.find_spec(module_name)
+    assert spec is not None and spec.origin, f"torch has no module {module_name}"
+    names: set[str] = set()
+    todo = list(ast.parse(Path(spec.origin).read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            todo.extend([*node.body, *node.orelse, *getattr(node, "finalbody", []), *getattr(node, "handlers", [])])
+        elif isinstance(node, ast.ExceptHandler):
+            todo.extend(node.body)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def _torch_has(module_name: str, dotted: str) -> bool:
+    from distributed_testing import torch_compat
+
+    if module_name not in (torch_compat.TORCH_MODULE, torch_compat.UTILS_MODULE):
+        # a suite module (distributed_test.py) reads the environment at import: read its source
+        return dotted in _top_level_names(module_name)
+    value: object = importlib.import_module(module_name)
+    for part in dotted.split("."):
+        if not hasattr(value, part):
+            return False
+        value = getattr(value, part)
+    return True
+
+
+def test_every_pytorch_name_torch_compat_uses_exists_in_this_torch():
+    import torch
+
+    from distributed_testing import torch_compat
+
+    assert not torch_compat.installed(), "install() adds the names it replaces: check PyTorch's own"
+    wanted = [(torch_compat.TORCH_MODULE, name) for name in torch_compat.REPLACED]
+    wanted += [(torch_compat.UTILS_MODULE, "run_tests"), *torch_compat._TORCH_NAMES_USED]
+    missing = [f"{module}.{name}" for module, name in wanted if not _torch_has(module, name)]
+    assert missing == [], f"torch {torch.__version__} no longer has what torch_compat replaces or reads: {missing}"
+
+
+def test_torch_compat_declares_every_common_utils_name_it_reads():
+    """What torch_compat.py reads off ``utils`` (common_utils) or ``torch_case`` (its TestCase) is in
+    _TORCH_NAMES_USED, so the test above checks it."""
+    from distributed_testing import torch_compat
+
+    prefixes = {"utils": "", "torch_case": "TestCase."}
+    used: set[str] = set()
+    for node in ast.walk(ast.parse(Path(torch_compat.__file__).read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in prefixes:
+            used.add(prefixes[node.value.id] + node.attr)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id in prefixes
+            and isinstance(node.args[1], ast.Constant)
+        ):
+            used.add(prefixes[node.args[0].id] + str(node.args[1].value))
+    assert used, "found no reads: the names utils / torch_case changed in torch_compat.py"
+    declared = {name for module, name in torch_compat._TORCH_NAMES_USED if module == torch_compat.UTILS_MODULE}
+    assert sorted(used - declared) == []
+
+
+def test_the_name_check_names_what_is_missing(monkeypatch):
+    from distributed_testing import torch_compat
+
+    monkeypatch.setattr(torch_compat, "REPLACED", (*torch_compat.REPLACED, "no_such_guard"))
+    monkeypatch.setattr(
+        torch_compat, "_TORCH_NAMES_USED", (*torch_compat._TORCH_NAMES_USED, (torch_compat.UTILS_MODULE, "TestCase.nope"))
+    )
+    with pytest.raises(AssertionError) as failure:
+        test_every_pytorch_name_torch_compat_uses_exists_in_this_torch()
+    message = str(failure.value)
+    assert "torch.testing._internal.common_distributed.no_such_guard" in message
+    assert "torch.testing._internal.common_utils.TestCase.nope" in message
+
