@@ -309,3 +309,47 @@ def test_the_name_check_names_what_is_missing(monkeypatch):
     assert "torch.testing._internal.common_distributed.no_such_guard" in message
     assert "torch.testing._internal.common_utils.TestCase.nope" in message
 
+
+
+# PyTorch's test_c10d_logger.py sets BACKEND in setUp; PyTorch's class never reads it.
+SETS_BACKEND = """\
+import os
+from torch.testing._internal.common_distributed import MultiProcessTestCase, skip_if_lt_x_gpu
+from torch.testing._internal.common_utils import run_tests
+
+
+class TestSetsBackend(MultiProcessTestCase):
+    @property
+    def world_size(self):
+        return 2
+
+    def setUp(self):
+        super().setUp()
+        os.environ["WORLD_SIZE"] = str(self.world_size)
+        os.environ["BACKEND"] = "nccl"
+        self._spawn_processes()
+
+    @skip_if_lt_x_gpu(2)
+    def test_needs_gpus(self):
+        pass
+
+    def test_ranks_see_the_backend_the_test_set(self):
+        assert os.environ["BACKEND"] == "nccl", os.environ["BACKEND"]
+
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_a_backend_set_in_setup_gives_pytorch_s_outcomes(runner):
+    path = runner.write(SETS_BACKEND, header=False)
+    ours = runner.run("-m", "distributed_testing", "--torch-compat", str(path), "-v")
+    assert runner.leftovers() == []
+    theirs = runner.run(str(path), "-v")  # (PyTorch's framework leaves temp files behind)
+    expected = {"TestSetsBackend.test_needs_gpus": "skipped", "TestSetsBackend.test_ranks_see_the_backend_the_test_set": "ok"}
+    for run in (theirs, ours):  # (PyTorch's log lines come between a test's name and its outcome)
+        assert run.returncode == 0, run.output
+        assert "Ran 2 tests" in run.output and "OK (skipped=1)" in run.output, run.output
+    assert {k: v.split(" ")[0] for k, v in outcomes(ours.output).items()} == expected, ours.output
+    assert "ConfigError" not in ours.output
