@@ -25,6 +25,7 @@ _EXPORTS = {
     "DistributedTestingError": "_errors",
     "MultiProcContinuousTest": "_continuous",
     "MultiProcessTestCase": "_testcase",
+    "MultiThreadedTestCase": "_threaded",
     "RankFailure": "_errors",
     "ShardedTensorTestBase": "_comms",
     "TEST_SKIPS": "_skips",
@@ -41,6 +42,7 @@ _EXPORTS = {
     "requires_nccl_version": "_guards",
     "requires_ucc": "_guards",
     "requires_world_size": "_guards",
+    "run_subtests": "_threaded",
     "run_tests": "_runner",
     "skip_if_lt_x_gpu": "_guards",
     "skip_if_no_gpu": "_guards",
@@ -49,6 +51,7 @@ _EXPORTS = {
     "skip_if_rocm_multiprocess": "_guards",
     "skip_if_small_worldsize": "_guards",
     "skip_if_win32": "_guards",
+    "spawn_threads_and_init_comms": "_threaded",
     "with_comms": "_comms",
     "with_dist_debug_levels": "_guards",
     "with_nccl_blocking_wait": "_guards",
@@ -65,6 +68,7 @@ __all__ = [
     "DistributedTestingError",
     "MultiProcContinuousTest",
     "MultiProcessTestCase",
+    "MultiThreadedTestCase",
     "RankFailure",
     "ShardedTensorTestBase",
     "TestSkip",
@@ -80,6 +84,7 @@ __all__ = [
     "requires_nccl_version",
     "requires_ucc",
     "requires_world_size",
+    "run_subtests",
     "run_tests",
     "skip_if_lt_x_gpu",
     "skip_if_no_gpu",
@@ -88,6 +93,7 @@ __all__ = [
     "skip_if_rocm_multiprocess",
     "skip_if_small_worldsize",
     "skip_if_win32",
+    "spawn_threads_and_init_comms",
     "with_comms",
     "with_dist_debug_levels",
     "with_nccl_blocking_wait",
@@ -140,4 +146,5 @@ if TYPE_CHECKING:
     from distributed_testing._runner import run_tests
     from distributed_testing._skips import TEST_SKIPS, TestSkip
     from distributed_testing._testcase import DistributedTestBase, MultiProcessTestCase
+    from distributed_testing._threaded import MultiThreadedTestCase, run_subtests, spawn_threads_and_init_comms
     from distributed_testing._world_sizes import world_sizes

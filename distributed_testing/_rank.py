@@ -183,8 +183,9 @@ def imported_since_fork() -> tuple[str, ...]:
 class _Collector(unittest.TestResult):
     """Records what unittest's own machinery saw while running the test in a rank."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[], None] | None = None) -> None:
         super().__init__()
+        self.on_stop = on_stop  # called when the test stops early: an error, a failure, a skip
         self.error_infos: list[ErrorInfo] = []
         self.skip_reason: str | None = None
         self.exit_status: int | None = None
@@ -205,6 +206,11 @@ class _Collector(unittest.TestResult):
         if not self.error_infos:
             self.failed_at = time.monotonic()
         self.error_infos.append(info)
+        self._stopped()
+
+    def _stopped(self) -> None:
+        if self.on_stop is not None:
+            self.on_stop()
 
     def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:  # noqa: N802
         if err is not None:
@@ -213,6 +219,8 @@ class _Collector(unittest.TestResult):
 
     def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
         self.skip_reason = reason
+        if type(test).__name__ != "_SubTest":  # a skipped subtest does not end the test
+            self._stopped()
 
     def addExpectedFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
         # The parent's method carries the same marker: report the failure so the
@@ -226,6 +234,7 @@ class _Collector(unittest.TestResult):
         if not isinstance(code, int):
             info = ErrorInfo("SystemExit", str(code), f"SystemExit: {code}", False, self.phase)
             self.error_infos.append(info)
+            self._stopped()
             return
         number = code
         reason = reason_for_exit_code(number)
@@ -233,6 +242,7 @@ class _Collector(unittest.TestResult):
             self.skip_reason = reason
         else:
             self.exit_status = number
+        self._stopped()
 
 
 def format_error(
@@ -276,6 +286,9 @@ def run_in_rank(
     rank: int,
     set_up: Callable[[], None],
     tear_down: Callable[[], None],
+    *,
+    seed: bool = True,
+    on_stop: Callable[[], None] | None = None,
 ) -> RankResult:
     """Run one test method through unittest's machinery in this rank.
 
@@ -283,6 +296,11 @@ def run_in_rank(
     (setUp is where ranks are spawned), so a rank runs ``set_up`` and
     ``tear_down`` in their place, with unittest's handling of skips, subtests,
     expected failures and cleanups.
+
+    Rank threads (``_threaded``) pass ``seed=False`` (they share one random
+    state, seeded once by the main thread) and ``on_stop``, called as soon as
+    the test records an error, a failure or a skip, before its tear-down, so
+    peers blocked in a collective can be woken.
     """
     global _case_built
     _case_built = case
@@ -292,8 +310,9 @@ def run_in_rank(
 
         name = case._testMethodName
         setattr(case, name, bind_example(case, name, current_example))
-    seed_all()
-    collector = _Collector()
+    if seed:
+        seed_all()
+    collector = _Collector(on_stop)
     case.setUp = _phase(collector, "setUp", set_up)  # type: ignore[method-assign]
 
     def tear_down_knowing_the_outcome() -> None:

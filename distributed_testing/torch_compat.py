@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import types
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ __all__ = [
     "DistributedTestBase",
     "MultiProcContinuousTest",
     "MultiProcessTestCase",
+    "MultiThreadedTestCase",
     "install",
     "installed",
     "run_tests",
@@ -56,10 +58,11 @@ TORCH_MODULE = "torch.testing._internal.common_distributed"
 UTILS_MODULE = "torch.testing._internal.common_utils"
 ENV_FLAG = "DISTRIBUTED_TESTING_TORCH_COMPAT"  # "1": Python processes of this run install at start
 
-_CLASSES = ("MultiProcessTestCase", "DistributedTestBase", "MultiProcContinuousTest")
+_CLASSES = ("MultiProcessTestCase", "DistributedTestBase", "MultiProcContinuousTest", "MultiThreadedTestCase")
 _GUARDS = (*_guards.GUARDS, *_guards.HELPERS)
+_THREADED = ("run_subtests", "spawn_threads_and_init_comms")
 #: The names of ``common_distributed`` that ``install()`` replaces (and ``common_utils.run_tests``).
-REPLACED: tuple[str, ...] = (*_CLASSES, "TEST_SKIPS", "TestSkip", *_GUARDS)
+REPLACED: tuple[str, ...] = (*_CLASSES, "TEST_SKIPS", "TestSkip", *_GUARDS, *_THREADED)
 
 # Module globals PyTorch's suites read from the environment at import, which the
 # parent changes per test (TestDistBackend.setUp exports a fresh INIT_METHOD): a
@@ -98,6 +101,7 @@ if TYPE_CHECKING:  # made on first use (they need PyTorch's TestCase): see _buil
     MultiProcessTestCase: Any
     DistributedTestBase: Any
     MultiProcContinuousTest: Any
+    MultiThreadedTestCase: Any
 
 _MISSING = object()
 _saved: dict[tuple[str, str], Any] = {}  # (module, name) -> PyTorch's value, while installed
@@ -147,9 +151,10 @@ def _apply(torch_module: types.ModuleType) -> None:
 
 
 def _replacements() -> dict[str, Any]:
-    from distributed_testing import _guards, _skips
+    from distributed_testing import _guards, _skips, _threaded
 
     values: dict[str, Any] = {name: getattr(_guards, name) for name in _GUARDS}
+    values.update((name, getattr(_threaded, name)) for name in _THREADED)
     values["TEST_SKIPS"] = _skips.TEST_SKIPS
     values["TestSkip"] = _skips.TestSkip
     values.update((name, _compat_class(name)) for name in _CLASSES)
@@ -173,27 +178,31 @@ def _compat_class(name: str) -> type:
 
 def _build_classes() -> dict[str, type]:
     """This library's classes with PyTorch's TestCase mixed in behind them."""
-    from distributed_testing import _continuous, _testcase
+    from distributed_testing import _continuous, _testcase, _threaded
 
     torch_case: Any = importlib.import_module(UTILS_MODULE).TestCase
 
-    class MultiProcessTestCase(_testcase.MultiProcessTestCase, torch_case):  # type: ignore[misc]
+    class PyTorchFlavour:
+        """PyTorch's assertions ahead of our tensor-aware ones in the MRO; its repro line off."""
+
+        assertEqual = torch_case.assertEqual  # noqa: N815
+        assertNotEqual = torch_case.assertNotEqual  # noqa: N815
+
+        def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
+            with _without_pytorch_repro():
+                super().__init__(method_name, methodName)  # type: ignore[call-arg]
+
+        def _should_stop_test_suite(self) -> bool:
+            return False  # as PyTorch's: one test's failure does not stop the suite
+
+    class MultiProcessTestCase(PyTorchFlavour, _testcase.MultiProcessTestCase, torch_case):  # type: ignore[misc]
         """Our MultiProcessTestCase with PyTorch's assertions and world size default."""
 
-        assertEqual = torch_case.assertEqual  # noqa: N815  # ahead of our tensor-aware one in the MRO
-        assertNotEqual = torch_case.assertNotEqual  # noqa: N815
         # PyTorch's world size: ``requires_world_size(n)``, else DEFAULT_WORLD_SIZE (4 but
         # on ROCm); WORLD_SIZE is not read.
         _dt_default_world_size = _guards.DEFAULT_WORLD_SIZE
         _dt_reads_world_size = False
         _dt_reads_backend = False  # a BACKEND the test sets is its own business, as on PyTorch's
-
-        def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
-            with _without_pytorch_repro():
-                super().__init__(method_name, methodName)
-
-        def _should_stop_test_suite(self) -> bool:
-            return False  # as PyTorch's: one test's failure does not stop the suite
 
         def _rank_setup(self) -> None:
             _refresh_import_time_env()
@@ -202,24 +211,24 @@ def _build_classes() -> dict[str, type]:
     class DistributedTestBase(_testcase.DistributedTestBase, MultiProcessTestCase):
         """Our DistributedTestBase with PyTorch's assertions."""
 
-    class MultiProcContinuousTest(_continuous.MultiProcContinuousTest, torch_case):  # type: ignore[misc]
+    class MultiProcContinuousTest(PyTorchFlavour, _continuous.MultiProcContinuousTest, torch_case):  # type: ignore[misc]
         """Our MultiProcContinuousTest with PyTorch's assertions."""
 
-        assertEqual = torch_case.assertEqual  # noqa: N815
-        assertNotEqual = torch_case.assertNotEqual  # noqa: N815
-
-        def __init__(self, method_name: str = "runTest", methodName: str = "runTest") -> None:  # noqa: N803
-            with _without_pytorch_repro():
-                super().__init__(method_name, methodName)
+    class MultiThreadedTestCase(PyTorchFlavour, _threaded.MultiThreadedTestCase, torch_case):  # type: ignore[misc]
+        """Our MultiThreadedTestCase with PyTorch's assertions."""
 
     classes: dict[str, type] = {
         "MultiProcessTestCase": MultiProcessTestCase,
         "DistributedTestBase": DistributedTestBase,
         "MultiProcContinuousTest": MultiProcContinuousTest,
+        "MultiThreadedTestCase": MultiThreadedTestCase,
     }
     for name, cls in classes.items():
         cls.__module__, cls.__qualname__ = __name__, name
     return classes
+
+
+_repro_lock = threading.Lock()  # rank threads build their test cases at once
 
 
 @contextlib.contextmanager
@@ -227,12 +236,13 @@ def _without_pytorch_repro() -> Iterator[None]:
     """PyTorch's TestCase wraps each test to append a repro line to its error; ours
     reports one with the environment (``Re-run: BACKEND=... WORLD_SIZE=...``)."""
     utils: Any = sys.modules[UTILS_MODULE]
-    saved = getattr(utils, "PRINT_REPRO_ON_FAILURE", False)
-    utils.PRINT_REPRO_ON_FAILURE = False
-    try:
-        yield
-    finally:
-        utils.PRINT_REPRO_ON_FAILURE = saved
+    with _repro_lock:
+        saved = getattr(utils, "PRINT_REPRO_ON_FAILURE", False)
+        utils.PRINT_REPRO_ON_FAILURE = False
+        try:
+            yield
+        finally:
+            utils.PRINT_REPRO_ON_FAILURE = saved
 
 
 def _refresh_import_time_env() -> None:
