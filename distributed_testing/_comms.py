@@ -227,7 +227,12 @@ def with_comms(
         except BaseException:
             self._abort_comms()
             raise
-        self.destroy_comms(destroy_rpc=rpc_on)
+        try:
+            self.destroy_comms(destroy_rpc=rpc_on)
+        except Exception as exc:  # often a peer whose test failed and left: say where this happened
+            raise DistributedTestingError(
+                f"with_comms teardown (after the test passed on this rank) failed: {type(exc).__name__}: {exc}"
+            ) from exc
         return result
 
     def needs_gpus(case: Any) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed_testing import _devices, _forkserver, _process
-from distributed_testing._outcomes import RankView
+from distributed_testing._outcomes import RankView, says_peer_gone
 from distributed_testing._protocol import RankContext, RankResult
 
 __unittest = True
@@ -126,10 +126,13 @@ def wait_for_ranks(
 
 def _failure_time(handle: RankHandle) -> tuple[int, float]:
     """Order failures: deaths without a result first (the parent notices them late, and
-    their peers' errors are usually their consequences), then by when each rank failed."""
-    if handle.result is not None and handle.result.failed_at:
-        return (1, handle.result.failed_at)
-    return (0 if handle.result is None else 1, handle.finished_at or 0.0)
+    their peers' errors are usually their consequences), then errors of the rank's own,
+    then errors that say a peer went away, each by when the rank failed."""
+    result = handle.result
+    if result is None:
+        return (0, handle.finished_at or 0.0)
+    peer_gone = bool(result.errors) and says_peer_gone(result.errors[0].message)
+    return (2 if peer_gone else 1, result.failed_at or handle.finished_at or 0.0)
 
 
 def collect_stacks(ranks: list[RankHandle]) -> None:

@@ -26,9 +26,18 @@ from distributed_testing._protocol import (
 )
 from distributed_testing._stacks import summarize_stacks, trim_stacks
 
-__all__ = ["Outcome", "RankReport", "RankView", "fold", "rank_failed", "rank_list", "signal_name"]
+__all__ = ["Outcome", "RankReport", "RankView", "fold", "rank_failed", "rank_list", "says_peer_gone", "signal_name"]
 
 SUMMARY_LIMIT = 200  # characters of an exception message in a one-line summary
+# An error whose message says a peer went away is most likely a consequence of that
+# peer's own failure (it may even be recorded first: the peer's test code tears its
+# group down before unittest hears of its exception).
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused")
+
+
+def says_peer_gone(message: str) -> bool:
+    """Whether an error message says a peer went away (a consequence, not a cause)."""
+    return any(text in message for text in _PEER_GONE)
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class RankReport:
     exc_type: str = ""  # the first exception's type
     traceback: str = ""  # every traceback the rank reported
     assertion: bool = False  # every exception was an AssertionError
+    peer_gone: bool = False  # the first exception says a peer went away: likely a consequence
     pid: int | None = None
     exit_code: int | None = None  # the process's exit code (None: unknown, or killed by a signal)
     signal: str = ""  # "SIGSEGV": the process died by this signal
@@ -159,7 +169,9 @@ def _classify(view: RankView, expected_code: int | None, ignore_codes: bool, tim
         first = result.errors[0]
         detail = "\n\n".join(e.traceback for e in result.errors)
         assertion = all(e.is_assertion for e in result.errors)
-        return report(FAILED, _error_summary(first), exc_type=first.exc_type, traceback=detail, assertion=assertion)
+        gone = says_peer_gone(first.message)
+        fields = {"exc_type": first.exc_type, "traceback": detail, "assertion": assertion, "peer_gone": gone}
+        return report(FAILED, _error_summary(first), **fields)
     if result is not None and result.status == EXITED:
         if ignore_codes or result.exit_code == expected_code:
             return report(PASSED)
@@ -221,7 +233,9 @@ def _kind(reports: list[RankReport], timed_out: bool) -> TestOutcome:
     if timed_out:
         return ERROR
     if bad:
-        return FAILED if all(r.assertion for r in bad) else ERROR
+        # A peer's "connection reset" after an assertion is that assertion's consequence.
+        causes = [r for r in bad if not (r.consequence and r.peer_gone)]
+        return FAILED if all(r.assertion for r in causes) else ERROR
     if any(r.outcome == STOPPED for r in reports):  # stopped, yet no rank failed: never a pass
         return ERROR
     if any(r.outcome == SKIPPED for r in reports):

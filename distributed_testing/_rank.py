@@ -197,14 +197,20 @@ class _Collector(unittest.TestResult):
         if isinstance(exc, SystemExit):
             self._system_exit(exc)
         else:
+            self._note_time()
             self._error(format_error(exc, self.phase, err, self, test))
 
     def addFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+        self._note_time()
         self._error(format_error(err[1], self.phase, err, self, test))
 
-    def _error(self, info: ErrorInfo) -> None:
-        if not self.error_infos:
+    def _note_time(self) -> None:
+        """When the first error reached unittest: before formatting it (that takes milliseconds)."""
+        if not self.error_infos and not self.failed_at:
             self.failed_at = time.monotonic()
+
+    def _error(self, info: ErrorInfo) -> None:
+        self._note_time()
         self.error_infos.append(info)
         self._stopped()
 
@@ -214,6 +220,7 @@ class _Collector(unittest.TestResult):
 
     def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:  # noqa: N802
         if err is not None:
+            self._note_time()
             where = f"subTest {subtest._subDescription()}"
             self._error(format_error(err[1], where, err, self, test))
 

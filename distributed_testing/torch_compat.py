@@ -130,24 +130,52 @@ def installed() -> bool:
 
 
 def uninstall() -> None:
-    """Restore PyTorch's names. Classes already defined keep the bases they were made with."""
+    """Restore PyTorch's names, and the bases of PyTorch's classes that ``install()`` rebased.
+
+    Classes defined while installed keep the bases they were made with."""
     for (module_name, name), value in _saved.items():
         if value is _MISSING:  # a name this torch version does not have
             delattr(sys.modules[module_name], name)
         else:
             setattr(sys.modules[module_name], name, value)
     _saved.clear()
+    for cls, bases in _rebased.items():
+        cls.__bases__ = bases
+    _rebased.clear()
     _remove_import_hook()
     os.environ.pop(ENV_FLAG, None)
 
 
 def _apply(torch_module: types.ModuleType) -> None:
     utils: Any = importlib.import_module(UTILS_MODULE)
+    theirs: dict[type, type] = {}
     for name, value in _replacements().items():
-        _saved[(TORCH_MODULE, name)] = getattr(torch_module, name, _MISSING)
+        _saved[(TORCH_MODULE, name)] = original = getattr(torch_module, name, _MISSING)
         setattr(torch_module, name, value)
+        if name in _CLASSES and isinstance(original, type):
+            theirs[original] = value
     _saved[(UTILS_MODULE, "run_tests")] = utils.run_tests
     utils.run_tests = run_tests
+    _rebase_derived_classes(theirs)
+
+
+def _rebase_derived_classes(theirs: dict[type, type]) -> None:
+    """Classes PyTorch's test helpers already derived from its bases (``common_distributed``'s
+    own ``DynamoDistributedMultiProcTestCase`` and ``C10dTorchCommsTestBase``, and
+    ``common_dtensor``/``common_fsdp``'s when imported before ``install()``) take ours instead."""
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("torch.testing._internal") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if not isinstance(value, type) or value.__module__ != module_name or value in theirs:
+                continue
+            bases = tuple(theirs.get(base, base) for base in value.__bases__)
+            if bases != value.__bases__:
+                _rebased.setdefault(value, value.__bases__)
+                value.__bases__ = bases
+
+
+_rebased: dict[type, tuple[type, ...]] = {}  # a class of PyTorch's -> its own bases, while installed
 
 
 def _replacements() -> dict[str, Any]:

@@ -509,3 +509,14 @@ def test_a_huge_message_is_cut_in_the_summary_line():
     outcome = fold([failed(0, error(message="x" * 5000))], test_id=TEST_ID, world_size=1)
     first = outcome.message.splitlines()[0]
     assert first == "rank 0 of 1 failed: ValueError: " + "x" * 200 + " [...]"
+
+
+def test_fold_a_peer_gone_error_after_an_assertion_is_its_consequence_not_an_error() -> None:
+    reset = error("RuntimeError", "Read error [127.0.0.1]:1: Connection reset by peer. This is typically caused by ...")
+    outcome = fold_ranks(failed(0, reset), failed(1, error("AssertionError", "1 != 0")), first_failure=1)
+    assert outcome.kind == FAIL
+    assert outcome.message.splitlines()[0] == "rank 1 of 2 failed: AssertionError: 1 != 0"
+    assert [r.consequence for r in outcome.ranks] == [True, False]
+    # An error of its own on the other rank keeps the test an error.
+    outcome = fold_ranks(failed(0, error("ValueError", "boom")), failed(1, error("AssertionError", "x")), first_failure=1)
+    assert outcome.kind == ERROR

@@ -163,3 +163,28 @@ def test_a_long_run_releases_each_test_and_what_it_kept(runner: Runner) -> None:
     run = runner.run(str(path), "-v")
     assert run.returncode == 0, run.output
     assert "test_flat (__main__.TestZLast.test_flat) ... ok" in run.output
+
+
+def test_a_one_rank_assertion_under_with_comms_stays_a_failure_and_names_the_teardown(runner: Runner) -> None:
+    path = runner.write("""
+        class TestComms(DTensorTestBase):
+            @property
+            def world_size(self):
+                return 2
+
+            @with_comms
+            def test_one_rank(self):
+                self.assertEqual(self.rank, 0)
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 1, run.output
+    assert outcomes(run.output)["TestComms.test_one_rank"] == "FAIL"  # not ERROR: rank 0's error is a consequence
+    lines = run.output.splitlines()
+    assert "RankAssertionError: rank 1 of 2 failed: AssertionError: 1 != 0" in run.output
+    assert any(line.startswith("rank 0 of 2 failed: DistributedTestingError: with_comms teardown (after the test "
+                               "passed on this rank) failed: RuntimeError:") for line in lines), run.output
+    assert "rank 1 failed first; the other failures may be consequences" in lines
+    assert runner.leftovers() == []

@@ -353,3 +353,59 @@ def test_a_backend_set_in_setup_gives_pytorch_s_outcomes(runner):
         assert "Ran 2 tests" in run.output and "OK (skipped=1)" in run.output, run.output
     assert {k: v.split(" ")[0] for k, v in outcomes(ours.output).items()} == expected, ours.output
     assert "ConfigError" not in ours.output
+
+
+# PyTorch's helpers imported before install(): their classes were derived from PyTorch's bases.
+DERIVED_BEFORE_INSTALL = """\
+import torch
+from torch.testing._internal.common_distributed import DynamoDistributedMultiProcTestCase
+from torch.testing._internal.distributed._tensor.common_dtensor import DTensorTestBase, with_comms
+
+from distributed_testing import torch_compat
+
+torch_compat.install()
+
+import distributed_testing
+from torch.testing._internal.common_utils import run_tests
+
+
+class TestDTensor(DTensorTestBase):
+    @property
+    def world_size(self):
+        return 2
+
+    @with_comms
+    def test_on_our_engine(self):
+        assert isinstance(self, distributed_testing.MultiProcessTestCase)
+        t = torch.ones(1)
+        torch.distributed.all_reduce(t)
+        self.assertEqual(t.item(), 2.0)
+
+    @with_comms
+    def test_fails_on_rank_1(self):
+        assert self.rank != 1, "rank 1 disagrees"
+
+
+class TestDynamo(DynamoDistributedMultiProcTestCase):
+    def test_needs_accelerators(self):
+        pass
+
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_classes_pytorch_derived_before_install_run_on_our_engine(runner):
+    path = runner.write(DERIVED_BEFORE_INSTALL, header=False)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 1, run.output
+    assert outcomes(run.output) == {
+        "TestDTensor.test_on_our_engine": "ok",
+        "TestDTensor.test_fails_on_rank_1": "FAIL",  # rank 0's "connection reset" in teardown is a consequence
+        "TestDynamo.test_needs_accelerators": "skipped 'TestDynamo.world_size is 0: torch.cuda.device_count() is 0 "
+        "here; no rank to run'",
+    }, run.output
+    assert "rank 1 of 2 failed: AssertionError: rank 1 disagrees" in reports(run.output)["TestDTensor.test_fails_on_rank_1"]
+    assert wait_gone(str(runner.tmp_path)) == []
+    assert runner.leftovers() == []
