@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch_compat.install(subprocesses=True)  # before the file imports from PyTorch; ranks too
     extra = ["--strict-env"] if args.strict_env else []
+    from distributed_testing import _run
+
+    _run.entry_command = PROG + (" --torch-compat" if args.torch_compat else "")  # for the Re-run line
     return _run_file(path, [path, *args.unittest_args, *extra])
 
 

@@ -23,7 +23,7 @@ __unittest = True
 __all__ = ["DTensorTestBase", "ShardedTensorTestBase", "with_comms"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-GPU_BACKENDS = ("nccl", "xccl", "hccl")
+GPU_BACKENDS = _devices.GPU_BACKENDS
 
 
 def check_backend_name(backend: str) -> str:
@@ -48,19 +48,6 @@ def resolve_backend(backend: str | None, world_size: int) -> str:
     return check_backend_name(backend)
 
 
-def gpu_shortfall(backend: str, world_size: int) -> str | None:
-    """Why ``backend`` cannot run ``world_size`` ranks here (not built, too few GPUs), or None."""
-    if not _devices.backend_available(backend):
-        have = ", ".join(_devices.available_backends()) or "none"
-        return f"needs the {backend} backend, which this torch build does not have (it has: {have})"
-    if backend not in GPU_BACKENDS:
-        return None
-    found = _devices.cuda_device_count()
-    if found >= world_size:
-        return None
-    return f"needs {world_size} CUDA devices for the {backend} backend at world size {world_size}, found {found}"
-
-
 def _rpc_running() -> bool:
     from torch.distributed import rpc
 
@@ -78,7 +65,7 @@ class _Comms:
         import torch.distributed as dist
 
         name = resolve_backend(backend, self.world_size)
-        shortfall = gpu_shortfall(name, self.world_size)
+        shortfall = _devices.gpu_shortfall(name, self.world_size)
         if shortfall is not None:
             import unittest
 
@@ -236,7 +223,7 @@ def with_comms(
         return result
 
     def needs_gpus(case: Any) -> str | None:
-        return gpu_shortfall(resolve_backend(backend, int(case.world_size)), int(case.world_size))
+        return _devices.gpu_shortfall(resolve_backend(backend, int(case.world_size)), int(case.world_size))
 
     setattr(wrapper, GUARDS_ATTR, (*getattr(func, GUARDS_ATTR, ()), needs_gpus))
     return wrapper

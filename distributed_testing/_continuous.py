@@ -128,6 +128,8 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
         if size == 0:
             raise unittest.SkipTest(zero_world_size_reason(self))
         reason = guard_reason(self, method)
+        if reason is None:  # a backend this machine cannot run skips, saying why, before a pool starts
+            reason = _devices.gpu_shortfall(type(self).backend_str() or _config.load().backend, size)
         if reason is not None:
             raise unittest.SkipTest(reason)
         pool = _pool.get_pool(type(self), size, functools.partial(_start_pool, type(self), size))

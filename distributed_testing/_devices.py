@@ -71,3 +71,19 @@ def default_backend(world_size: int) -> str:
     if backend_available("nccl") and cuda_device_count() >= world_size:
         return "nccl"
     return "gloo"
+
+
+GPU_BACKENDS = ("nccl", "xccl", "hccl")
+
+
+def gpu_shortfall(backend: str, world_size: int) -> str | None:
+    """Why ``backend`` cannot run ``world_size`` ranks here (not built, too few GPUs), or None."""
+    if not backend_available(backend):
+        have = ", ".join(available_backends()) or "none"
+        return f"needs the {backend} backend, which this torch build does not have (it has: {have})"
+    if backend not in GPU_BACKENDS:
+        return None
+    found = cuda_device_count()
+    if found >= world_size:
+        return None
+    return f"needs {world_size} CUDA devices for the {backend} backend at world size {world_size}, found {found}"

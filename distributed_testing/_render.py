@@ -99,11 +99,17 @@ def _with_note(report: str, note: str) -> str:
 
 
 def _skip_reason(outcome: Outcome) -> str:
+    """The reason; which ranks skipped, when some did not (``skipped on rank 1: ... (rank 0 passed)``)."""
     skips = [r for r in outcome.ranks if r.outcome == SKIPPED]
+    passed = [r.rank for r in outcome.ranks if r.outcome == PASSED]
     reasons = {r.summary for r in skips}
     if len(reasons) == 1:
-        return reasons.pop()
-    return "; ".join(f"rank {r.rank}: {r.summary}" for r in skips)
+        reason = reasons.pop()
+        if not passed:
+            return reason
+        return f"skipped on {_ranks_word([r.rank for r in skips])}: {reason} ({_ranks_word(passed)} passed)"
+    said = "; ".join(f"rank {r.rank}: {r.summary}" for r in skips)
+    return f"{said} ({_ranks_word(passed)} passed)" if passed else said
 
 
 def _headline_lines(outcome: Outcome) -> list[str]:

@@ -30,6 +30,7 @@ __all__ = ["Mode", "TestRun", "raise_outcome", "rerun_command", "running_test"]
 Mode = Literal["ranks", "examples", "torchrun", "skip", "error"]
 
 running_test = ""  # the id of the test whose ranks the parent is waiting for (named on Ctrl-C)
+entry_command = ""  # how the run was started when not ``python FILE``: "python -m distributed_testing ..."
 
 
 @dataclass
@@ -86,16 +87,18 @@ def raise_outcome(case: unittest.TestCase, outcome: Outcome, views: list[RankVie
     raise error
 
 
-def rerun_command(case: unittest.TestCase, settings: _config.Settings, world_size: int) -> str:
-    """The one line that re-runs just this test with its environment."""
-    env = f"BACKEND={settings.backend} WORLD_SIZE={world_size}"
-    if settings.start_method:
-        env += f" {_config.ENV_START_METHOD}={settings.start_method}"
+def rerun_command(case: unittest.TestCase, settings: _config.Settings | None = None, world_size: int = 0) -> str:
+    """The one line that re-runs just this test with its environment (none: rank threads)."""
+    env = ""
+    if settings is not None:
+        env = f"BACKEND={settings.backend} WORLD_SIZE={world_size} "
+        if settings.start_method:
+            env += f"{_config.ENV_START_METHOD}={settings.start_method} "
     try:
         path = os.path.relpath(inspect.getsourcefile(type(case)) or "")
     except (TypeError, ValueError):
         path = _config.script_name()
     klass, method = type(case).__name__, case._testMethodName
     if _config.running_under_pytest():
-        return f"{env} pytest {path}::{klass}::{method}"
-    return f"{env} python {path} {klass}.{method}"
+        return f"{env}pytest {path}::{klass}::{method}"
+    return f"{env}{entry_command or 'python'} {path} {klass}.{method}"

@@ -22,7 +22,7 @@ import unittest
 from collections.abc import Callable
 from typing import Any
 
-from distributed_testing import _config, _outcomes, _rank, _run
+from distributed_testing import _outcomes, _rank, _run
 from distributed_testing._errors import ConfigError
 from distributed_testing._protocol import EXITED, FAILED, PASSED, SKIPPED, STOPPED, RankResult
 from distributed_testing._stacks import show_framework_frames
@@ -226,7 +226,7 @@ class ThreadedRun:
             )
             outcome = dataclasses.replace(outcome, ranks=ranks)
         note = _left_note(sorted(stacks), left) if timed_out else ""
-        rerun = _rerun_command(self.case) if outcome.kind != PASSED else ""
+        rerun = _run.rerun_command(self.case) if outcome.kind != PASSED else ""
         return dataclasses.replace(outcome, note=note, rerun=rerun), views
 
 
@@ -273,20 +273,6 @@ def thread_stacks(thread: threading.Thread) -> str:
     lines = [header]
     lines += [f'  File "{f.f_code.co_filename}", line {f.f_lineno} in {f.f_code.co_name}' for f in frames]
     return "\n".join(lines)
-
-
-def _rerun_command(case: unittest.TestCase) -> str:
-    """The one line that re-runs just this test (rank threads need no environment)."""
-    import inspect
-
-    try:
-        path = os.path.relpath(inspect.getsourcefile(type(case)) or "")
-    except (TypeError, ValueError):
-        path = _config.script_name()
-    klass, method = type(case).__name__, case._testMethodName
-    if _config.running_under_pytest():
-        return f"pytest {path}::{klass}::{method}"
-    return f"python {path} {klass}.{method}"
 
 
 def join_threads(threads: list[Any], case: unittest.TestCase | None) -> None:

@@ -289,8 +289,9 @@ def test_fold_skip_with_different_reasons_names_each_rank() -> None:
 
 
 def test_fold_skip_on_one_rank_and_pass_on_the_others_is_a_skip() -> None:
-    outcome = fold_ranks(passed(0), skipped(1, "only rank 1 skips"))
-    assert (outcome.kind, outcome.message) == (SKIP, "only rank 1 skips")
+    outcome = fold_ranks(passed(0), skipped(1, "only rank 1 skips"), passed(2))
+    # Which rank skipped, and that the others passed (the reason alone hid both).
+    assert (outcome.kind, outcome.message) == (SKIP, "skipped on rank 1: only rank 1 skips (ranks 0, 2 passed)")
 
 
 def test_fold_failure_beats_skip() -> None:

@@ -188,3 +188,71 @@ def test_a_one_rank_assertion_under_with_comms_stays_a_failure_and_names_the_tea
                                "passed on this rank) failed: RuntimeError:") for line in lines), run.output
     assert "rank 1 failed first; the other failures may be consequences" in lines
     assert runner.leftovers() == []
+
+
+def test_an_nccl_pool_without_gpus_skips_with_the_reason(runner: Runner) -> None:
+    path = runner.write("""
+        class TestNcclPool(MultiProcContinuousTest):
+            world_size = 2
+
+            @classmethod
+            def backend_str(cls):
+                return "nccl"
+
+            def test_x(self):
+                pass
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 0, run.output
+    reason = outcomes(run.output)["TestNcclPool.test_x"]
+    assert reason.startswith("skipped 'needs ") and "nccl" in reason, run.output
+    assert "AttributeError" not in run.output
+
+
+def test_one_rank_skipping_says_which_and_that_the_others_passed(runner: Runner) -> None:
+    path = runner.write("""
+        class TestSkipOne(MultiProcessTestCase):
+            world_size = 3
+
+            def setUp(self):
+                super().setUp()
+                self._spawn_processes()
+
+            def test_x(self):
+                if self.rank == 1:
+                    self.skipTest("not on rank 1")
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 0, run.output
+    assert outcomes(run.output)["TestSkipOne.test_x"] == "skipped 'skipped on rank 1: not on rank 1 (ranks 0, 2 passed)'"
+
+
+def test_the_rerun_line_after_python_m_runs_the_test_again(runner: Runner) -> None:
+    # The file does not call run_tests(): "python test_x.py TestX.test_y" would run nothing.
+    path = runner.write("""
+        class TestRerun(MultiProcessTestCase):
+            world_size = 2
+
+            def setUp(self):
+                super().setUp()
+                self._spawn_processes()
+
+            def test_fails(self):
+                self.assertEqual(self.rank, 0)
+
+            def test_passes(self):
+                pass
+        """)
+    run = runner.run("-m", "distributed_testing", str(path))
+    assert run.returncode == 1, run.output
+    line = next(text for text in run.output.splitlines() if text.startswith("Re-run: "))
+    assert line == "Re-run: BACKEND=gloo WORLD_SIZE=2 python -m distributed_testing test_x.py TestRerun.test_fails"
+    env = dict(part.split("=", 1) for part in line.split()[1:3])
+    again = runner.run(*line.split()[4:], **env)
+    assert again.returncode == 1 and "Ran 1 test" in again.output, again.output
