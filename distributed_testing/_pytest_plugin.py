@@ -56,7 +56,21 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_LOGGING] = _log.configure_from_environment()
     except ConfigError as exc:
         _restore_environment(config)
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(_from_option(exc)) from None
+
+
+def _from_option(exc: ConfigError) -> str:
+    """The error, naming the --dt-* option when the bad value came from one."""
+    for option, setting in OPTIONS.items():
+        if setting.variable == exc.name and option in " ".join(_command_line()):
+            return f"{exc} (the value came from {option})"
+    return str(exc)
+
+
+def _command_line() -> list[str]:
+    import sys
+
+    return sys.argv[1:] + os.environ.get("PYTEST_ADDOPTS", "").split()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -94,12 +108,38 @@ def pytest_pycollect_makeitem(collector: Any, name: str, obj: Any) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Fork the ranks' server now, when every test module is imported and no test has run."""
+    """Check the environment as ``run_tests()`` does, then fork the ranks' server now, when
+    every test module is imported and no test has run."""
     classes = {getattr(item, "cls", None) for item in session.items} - {None}
     if any(isinstance(cls, type) and _is_ours(cls) for cls in classes):
-        from distributed_testing import _forkserver
+        from distributed_testing import _config, _forkserver
 
+        try:
+            settings = _config.load()
+        except ConfigError as exc:  # as python file.py: a usage error before any test runs
+            raise pytest.UsageError(_from_option(exc)) from None
+        if settings.debug_rank is not None:
+            _check_debug_rank(session.items, settings.debug_rank)
         _forkserver.prepare_for(c for c in classes if isinstance(c, type))
+
+
+def _check_debug_rank(items: list[pytest.Item], rank: int) -> None:
+    from distributed_testing._runner import debug_rank_problem
+
+    cases = [case for item in items if (case := _case_of(item)) is not None]
+    problem = debug_rank_problem(cases, rank)
+    if problem:
+        raise pytest.UsageError(_from_option(ConfigError(problem, "DISTRIBUTED_TESTING_DEBUG_RANK", rank)))
+
+
+def _case_of(item: pytest.Item) -> Any:
+    cls = getattr(item, "cls", None)
+    if not (isinstance(cls, type) and _is_ours(cls)):
+        return None
+    try:
+        return cls(item.name)
+    except Exception:  # a test case that cannot be built here: its own run says why
+        return None
 
 
 @pytest.hookimpl(wrapper=True)

@@ -202,7 +202,8 @@ def _check_names(tests: list[unittest.TestCase], module: Any, given: list[str]) 
 
 
 def _check_world_sizes(tests: list[unittest.TestCase]) -> str:
-    """A class world size that is no size at all stops the run; 0 skips that class's tests."""
+    """A class world size that is no size at all stops the run; 0 skips that class's tests.
+    A debug rank that no selected test has stops it too."""
     from distributed_testing._testcase import MultiProcessTestCase
     from distributed_testing._world_sizes import class_world_size
 
@@ -212,6 +213,22 @@ def _check_world_sizes(tests: list[unittest.TestCase]) -> str:
                 class_world_size(test)
             except ConfigError as exc:
                 return str(exc)
+    rank = _config.load().debug_rank
+    return debug_rank_problem(tests, rank) if rank is not None else ""
+
+
+def debug_rank_problem(tests: list[Any], rank: int) -> str:
+    """Why ``DISTRIBUTED_TESTING_DEBUG_RANK=rank`` cannot run: a selected test has no such rank."""
+    from distributed_testing._testcase import MultiProcessTestCase
+    from distributed_testing._world_sizes import class_world_size
+
+    for test in tests:
+        if isinstance(test, MultiProcessTestCase) and 0 < (size := class_world_size(test)) <= rank:
+            return (
+                f"{_config.ENV_DEBUG_RANK}={rank} is not a rank of {test.id()}, whose world size is {size}: "
+                f"select tests that have rank {rank}, or debug a lower rank. Example: "
+                f"{_config.ENV_DEBUG_RANK}={size - 1} python {_config.script_name()} {type(test).__name__}"
+            )
     return ""
 
 

@@ -256,3 +256,41 @@ def test_the_rerun_line_after_python_m_runs_the_test_again(runner: Runner) -> No
     env = dict(part.split("=", 1) for part in line.split()[1:3])
     again = runner.run(*line.split()[4:], **env)
     assert again.returncode == 1 and "Ran 1 test" in again.output, again.output
+
+
+PLAIN_PAIR = """
+class TestPair(MultiProcessTestCase):
+    world_size = 2
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    def test_x(self):
+        pass
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_pytest_checks_the_environment_before_any_test_as_python_does(runner: Runner) -> None:
+    path = runner.write(PLAIN_PAIR)
+    python = runner.run(str(path), BACKEND="bogus")
+    pytest_run = runner.pytest(str(path), BACKEND="bogus")
+    assert python.returncode == 2 and pytest_run.returncode == 4, pytest_run.output
+    message = "BACKEND must be one of gloo, nccl, ucc, mpi, xccl, got BACKEND='bogus'."
+    assert message in python.stderr and message in pytest_run.stderr
+    assert "passed" not in pytest_run.stdout and "failed" not in pytest_run.stdout  # no test ran
+    option = runner.pytest(str(path), "--dt-backend", "bogus")
+    assert option.returncode == 4 and "(the value came from --dt-backend)" in option.stderr, option.output
+
+
+def test_a_debug_rank_no_selected_test_has_stops_the_run(runner: Runner) -> None:
+    path = runner.write(PLAIN_PAIR)
+    python = runner.run(str(path), DISTRIBUTED_TESTING_DEBUG_RANK="9")
+    pytest_run = runner.pytest(str(path), DISTRIBUTED_TESTING_DEBUG_RANK="9")
+    assert python.returncode == 2 and pytest_run.returncode == 4, pytest_run.output
+    for run, module in ((python, "__main__"), (pytest_run, "test_x")):
+        text = f"DISTRIBUTED_TESTING_DEBUG_RANK=9 is not a rank of {module}.TestPair.test_x, whose world size is 2"
+        assert text in run.stderr, run.output
