@@ -11,10 +11,9 @@ import hashlib
 import os
 import socket
 import time
-from datetime import timedelta
 from typing import Any
 
-from distributed_testing import _config
+from distributed_testing import _config, _rank
 from distributed_testing._errors import DistributedTestingError
 from distributed_testing._testcase import MultiProcessTestCase
 
@@ -77,7 +76,8 @@ class DistBackendTestCase(MultiProcessTestCase):
             settings.backend,
             rank=self.rank,
             world_size=self.world_size,
-            timeout=timedelta(seconds=_config.resolve_timeout(type(self).timeout, settings)),
+            # Outlasts the test's deadline: a hang is reported with stacks, not as gloo's timeout.
+            timeout=_rank.group_timeout(_config.resolve_timeout(type(self).timeout, settings)),
             **rendezvous,
         )
         self._barrier()
@@ -85,18 +85,32 @@ class DistBackendTestCase(MultiProcessTestCase):
     def _rank_teardown(self) -> None:
         import torch.distributed as dist
 
-        if not getattr(self, "_dt_test_failed", False):  # peers of a failed test may never arrive
+        failed = getattr(self, "_dt_test_failed", False)
+        if self._dt_launch_key is not None:
+            # torchrun mode: a failed rank tells its peers, which then leave the barrier
+            # at once (as they do when a peer skipped or timed out); a stopped test's
+            # group is aborted, which also ends collectives a peer still waits in.
+            from distributed_testing import _torchrun
+
+            if failed:
+                _torchrun_run().announce(self._dt_launch_key, "failed")
+            wait = _config.resolve_timeout(type(self).timeout, _config.load())
+            stop = self._dt_store_barrier(wait, tolerate_stop=True)
+            _torchrun.end_default_group(abort=stop is not None)
+            return
+        if not failed:  # peers of a failed test may never arrive
             self._barrier()
         if dist.is_initialized():
             dist.destroy_process_group()
 
-    def _dt_store_barrier(self, wait: float) -> None:
-        """torchrun mode: ranks may be on other machines, so the barrier lives in the store."""
-        store = _torchrun_run().store
+    def _dt_store_barrier(self, wait: float, tolerate_stop: bool = False) -> Any:
+        """torchrun mode: ranks may be on other machines, so the barrier lives in the store.
+
+        It ends when every rank arrived or when one stopped the test (failed, skipped,
+        timed out): then it raises PeerStopped, or with ``tolerate_stop`` returns how."""
         self._dt_barrier_count = getattr(self, "_dt_barrier_count", 0) + 1
-        prefix = f"barrier/{self._dt_launch_key}/{self._dt_barrier_count}"
-        store.set(f"{prefix}/{self.rank}", b"1")
-        store.wait([f"{prefix}/{r}" for r in range(self.world_size)], timedelta(seconds=wait))
+        assert self._dt_launch_key is not None
+        return _torchrun_run().barrier(self._dt_launch_key, str(self._dt_barrier_count), wait, tolerate_stop)
 
     def _barrier(self, timeout: float | None = None) -> None:
         """Wait until every rank of this test reaches the same barrier (files in TEMP_DIR)."""

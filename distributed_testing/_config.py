@@ -14,7 +14,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,18 +24,25 @@ from distributed_testing._settings import (
     ENV_DEBUG_RANK,
     ENV_FULL_TRACEBACKS,
     ENV_LOG,
+    ENV_LOG_DIR,
+    ENV_LOG_DIR_ALL,
     ENV_REPORT,
     ENV_SHOW_OUTPUT,
     ENV_START_METHOD,
     ENV_TIMEOUT,
     INIT_SCHEMES,
     SETTINGS,
+    SHOW_AFTER,
+    SHOW_LIVE,
+    SHOW_OFF,
     START_METHODS,
     parse_backend,
     parse_bool,
     parse_debug_rank,
     parse_init_method,
+    parse_log_dir,
     parse_log_level,
+    parse_show_output,
     parse_start_method,
     parse_temp_dir,
     parse_timeout,
@@ -48,20 +55,28 @@ __all__ = [
     "ENV_DEBUG_RANK",
     "ENV_FULL_TRACEBACKS",
     "ENV_LOG",
+    "ENV_LOG_DIR",
+    "ENV_LOG_DIR_ALL",
     "ENV_REPORT",
     "ENV_SHOW_OUTPUT",
     "ENV_START_METHOD",
     "ENV_TIMEOUT",
     "INIT_SCHEMES",
+    "SHOW_AFTER",
+    "SHOW_LIVE",
+    "SHOW_OFF",
     "START_METHODS",
     "STRICT_VARIABLES",
     "Settings",
+    "keeps_logs",
     "load",
     "parse_backend",
     "parse_bool",
     "parse_debug_rank",
     "parse_init_method",
+    "parse_log_dir",
     "parse_log_level",
+    "parse_show_output",
     "parse_start_method",
     "parse_temp_dir",
     "parse_timeout",
@@ -90,11 +105,13 @@ class Settings:
     init_method: str
     start_method: str | None
     timeout: float | None
-    show_output: bool
+    show_output: str  # SHOW_OFF ("0"), SHOW_AFTER ("1") or SHOW_LIVE ("live")
     report_path: str | None = None  # where run_tests() writes a JSON record of the run
     debug_rank: int | None = None  # the rank run in the main process, for pdb
     log_level: str | None = None  # debug, info or warning: the library logs to stderr
     full_tracebacks: bool = False  # keep the framework's own frames in tracebacks and stacks
+    log_dir: str | None = None  # keep failing tests' full rank logs here (absolute)
+    log_dir_all: bool = False  # and passing (and skipped) tests' too
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:
@@ -214,6 +231,14 @@ def _load(env: Mapping[str, str], strict: bool) -> Settings:
     for setting in SETTINGS:  # in the table's order: the first bad value is the one reported
         value = _get(env, setting.variable)
         fields[setting.field] = setting.parse(value, setting.variable) if value is not None else setting.unset
+    if fields["log_dir_all"] and fields["log_dir"] is None:
+        raise ConfigError(
+            f"{ENV_LOG_DIR_ALL}={_get(env, ENV_LOG_DIR_ALL)} keeps every test's logs in {ENV_LOG_DIR}, "
+            f"which is not set: set it to a directory, or unset {ENV_LOG_DIR_ALL}. Example: "
+            f"{ENV_LOG_DIR}=dt-logs {ENV_LOG_DIR_ALL}=1 python {script_name()}",
+            ENV_LOG_DIR_ALL,
+            _get(env, ENV_LOG_DIR_ALL),
+        )
     backend_from_env = fields["backend"] is not None and _get(env, ENV_DEFAULTED_BACKEND) != _get(env, "BACKEND")
     if fields["backend"] is None:
         fields["backend"] = _devices.default_backend(fields["world_size"] or 2)
@@ -286,15 +311,23 @@ def resolve_timeout(class_value: object, settings: Settings) -> float:
     return settings.timeout or DEFAULT_TIMEOUT
 
 
+def keeps_logs(settings: Settings, failed: bool) -> bool:
+    """Whether a test's full rank logs go to the log directory: a failing test's, or every test's."""
+    return settings.log_dir is not None and (failed or settings.log_dir_all)
+
+
 def running_under_pytest() -> bool:
     """Whether a pytest session is running this test (for the re-run hint)."""
     return "_pytest" in sys.modules and bool(os.environ.get("PYTEST_CURRENT_TEST"))
 
 
 @contextlib.contextmanager
-def environ_set(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for a block, then put back what was there."""
-    saved = {name: os.environ.get(name) for name in values}
+def environ_set(values: Mapping[str, str], unset: Iterable[str] = ()) -> Iterator[None]:
+    """Set (and ``unset``) environment variables for a block, then put back what was there."""
+    unset = tuple(unset)
+    saved = {name: os.environ.get(name) for name in (*values, *unset)}
+    for name in unset:
+        os.environ.pop(name, None)
     os.environ.update(values)
     try:
         yield

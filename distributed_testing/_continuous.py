@@ -95,7 +95,7 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
             rank=rank,
             store=store,
             pg_options=cls.opts(),
-            timeout=timedelta(seconds=_timeout_seconds(cls)),
+            timeout=_rank.group_timeout(_timeout_seconds(cls)),  # outlasts the deadline: stacks, not a timeout
         )
         cls.pg = dist.distributed_c10d._get_default_group()  # type: ignore[attr-defined]
 

@@ -12,12 +12,11 @@ server never initialise CUDA; with no GPU it is a plain skip.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
 import unittest
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from distributed_testing import _config, _devices
@@ -382,27 +381,10 @@ def with_nccl_blocking_wait(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _environ({"TORCH_NCCL_BLOCKING_WAIT": "1"}, unset=("TORCH_NCCL_ASYNC_ERROR_HANDLING",)):
+        with _config.environ_set({"TORCH_NCCL_BLOCKING_WAIT": "1"}, unset=("TORCH_NCCL_ASYNC_ERROR_HANDLING",)):
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[None]:
-    names = [*values, *unset]
-    saved = {name: os.environ.get(name) for name in names}
-    for name in unset:
-        os.environ.pop(name, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _dynamic_guard(check: Check) -> Callable[[F], F]:

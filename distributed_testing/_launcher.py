@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed_testing import _devices, _forkserver, _process
+from distributed_testing import _devices, _forkserver, _process, _stacks
 from distributed_testing._outcomes import RankView, says_peer_gone
 from distributed_testing._protocol import RankContext, RankResult
+from distributed_testing._settings import ENV_LOG_DIR
 
 __unittest = True
 
@@ -30,7 +31,8 @@ STACK_SIGNAL = signal.SIGUSR1
 FAILURE_GRACE = 0.5  # seconds other ranks may take to report after one fails
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 STACK_WAIT = 2.0  # seconds to wait for hung ranks to write their stacks
-OUTPUT_LIMIT = 20_000  # characters of a rank's output kept for a report
+ASK_WAIT = 1.0  # seconds hung ranks' helper threads get to answer before the stack signal
+OUTPUT_LIMIT = 20_000  # bytes of a rank's output shown in a report: a quarter from its head, the rest its tail
 
 
 @dataclass
@@ -136,16 +138,30 @@ def _failure_time(handle: RankHandle) -> tuple[int, float]:
 
 
 def collect_stacks(ranks: list[RankHandle]) -> None:
-    """Ask every live rank to dump its stacks (a faulthandler signal) and read them."""
+    """Take every live rank's stacks and where its default process group is.
+
+    First ask each rank's helper thread (``_stacks.ask_where``): it dumps every
+    thread's stack holding the GIL, so no thread's frames change meanwhile, and adds
+    the group's collective count. A rank that does not answer within ``ASK_WAIT``
+    (its main thread holds the GIL in C) gets a faulthandler signal instead, whose
+    handler writes the stacks from anywhere.
+    """
+    live = [h for h in ranks if h.exitcode is None and h.result is None and h.process.pid is not None]
+    asking = [h for h in live if _stacks.ask_where(h.stacks_path)]
+    deadline = time.monotonic() + ASK_WAIT
+    for handle in asking:
+        while not _stacks.where_answered(handle.stacks_path) and time.monotonic() < deadline:
+            handle.process.join(0.01)
     asked = []
-    for handle in ranks:
-        if handle.exitcode is None and handle.result is None and handle.process.pid is not None:
-            try:
-                os.kill(handle.process.pid, STACK_SIGNAL)
-                asked.append(handle)
-                logger.debug("deadline: asked rank %d (pid %s) for its stacks", handle.rank, handle.process.pid)
-            except ProcessLookupError:
-                pass
+    for handle in live:
+        if handle in asking and _stacks.where_answered(handle.stacks_path):
+            continue
+        try:
+            os.kill(handle.process.pid, STACK_SIGNAL)
+            asked.append(handle)
+            logger.debug("deadline: asked rank %d (pid %s) for its stacks", handle.rank, handle.process.pid)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + STACK_WAIT
     for handle in asked:
         # The dump happens in the rank's signal handler: wait until it is
@@ -157,7 +173,8 @@ def collect_stacks(ranks: list[RankHandle]) -> None:
                 break
             previous = size
             handle.process.join(0.05)
-        handle.stacks = _read_text(handle.stacks_path)
+    for handle in live:
+        handle.stacks = _stacks.rank_stacks(handle.stacks_path, _read_text(handle.stacks_path))
 
 
 def file_size(path: str) -> int:
@@ -212,13 +229,43 @@ def _signal(handle: RankHandle, signum: int) -> None:
         pass
 
 
-def read_output(path: str, limit: int = OUTPUT_LIMIT, offset: int = 0) -> str:
-    """A rank's captured output from byte ``offset``, keeping the last ``limit`` characters."""
-    text = _read_text(path, offset)
-    if len(text) <= limit:
+def read_output(
+    path: str, limit: int = OUTPUT_LIMIT, offset: int = 0, rank: int | None = None, full_log: str | None = None
+) -> str:
+    """A rank's captured output from byte ``offset``: all of it up to ``limit`` bytes, else its
+    head and its tail (cut at line ends) around a note of what was cut and where the whole is.
+
+    Only the kept bytes are read: a rank that printed gigabytes costs no more than one that
+    printed ``limit``. ``full_log``, where a copy of the whole log is kept, is named in the
+    note (or, when nothing was cut, in a last line).
+    """
+    size = file_size(path) - offset
+    of = "" if rank is None else f" of rank {rank}"
+    if size <= limit:
+        text = _read_text(path, offset)
+        if full_log and text.strip():
+            text += ("" if text.endswith("\n") else "\n") + f"[the full log{of} is {full_log}]\n"
         return text
-    cut = len(text) - limit
-    return f"[... {cut} earlier characters of output not shown]\n" + text[cut:]
+    head_size = limit // 4  # the failure is usually near the end: most of the room for the tail
+    head = read_bytes(path, offset, head_size)
+    tail = read_bytes(path, offset + size - (limit - head_size) - 1, limit - head_size + 1)  # and the byte before
+    head = head[: head.rfind(b"\n") + 1] or head  # whole lines, where there are line ends
+    start = tail.find(b"\n") + 1
+    tail = tail[start:] if 0 < start < len(tail) else tail[1:]
+    cut = size - len(head) - len(tail)
+    where = f": the full log is {full_log}" if full_log else f"; {ENV_LOG_DIR}=DIR keeps full logs"
+    whose = "output" if rank is None else f"rank {rank}'s output"
+    note = ("" if head.endswith(b"\n") else "\n") + f"[... {cut} bytes of {whose} not shown{where}]\n"
+    return head.decode("utf-8", errors="replace") + note + tail.decode("utf-8", errors="replace")
+
+
+def read_bytes(path: str, offset: int, size: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+    except OSError:
+        return b""
 
 
 def _read_text(path: str, offset: int = 0) -> str:
@@ -265,8 +312,9 @@ def choose_start_method(method: str) -> str:
     return "spawn"
 
 
-def view(handle: RankHandle, with_output: bool, offset: int = 0) -> RankView:
-    """What the parent knows of one rank, for folding (its output read only when asked)."""
+def view(handle: RankHandle, with_output: bool, offset: int = 0, full_log: str | None = None) -> RankView:
+    """What the parent knows of one rank, for folding (its output read only when asked; from
+    byte ``offset`` for a pool rank; naming ``full_log`` where its whole log is kept)."""
     return RankView(
         rank=handle.rank,
         pid=handle.process.pid,
@@ -275,7 +323,9 @@ def view(handle: RankHandle, with_output: bool, offset: int = 0) -> RankView:
         stopped=handle.stopped,
         finished_at=handle.finished_at,
         stacks=handle.stacks,
-        output=read_output(handle.output_path, offset=offset) if with_output else "",
+        output=read_output(handle.output_path, offset=offset, rank=handle.rank, full_log=full_log)
+        if with_output
+        else "",
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from distributed_testing._matrix_plan import INIT_URLS, Options, usage_error
-from distributed_testing._matrix_results import OUTPUT_TAIL, ConfigResult, RankRecord, TestRecord
+from distributed_testing._matrix_results import ConfigResult, RankRecord, TestRecord
 from distributed_testing._outcomes import signal_name
 from distributed_testing._protocol import ERROR, FAILED, PASSED, SKIPPED, TestOutcome
 from distributed_testing._runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -146,7 +146,7 @@ def _case(suite: ET.Element, path: str, test: TestRecord) -> None:
         return
     element.text = _xml_text(_failure_text(test))
     output = "\n".join(
-        f"--- {_rank_title(rank)}: output\n{rank.output[-OUTPUT_TAIL:].rstrip()}"
+        f"--- {_rank_title(rank)}: output\n{rank.output.rstrip()}"  # already head + tail, naming any kept log
         for rank in test.ranks if rank.failed and rank.output.strip()
     )
     if output:

@@ -8,6 +8,7 @@ process through the same rank-side function as every other rank.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -16,11 +17,11 @@ import tempfile
 import unittest
 from typing import Any
 
-from distributed_testing import _config, _janitor, _launcher, _outcomes, _rank, _run
+from distributed_testing import _config, _janitor, _launcher, _outcomes, _output, _rank, _run
 from distributed_testing._errors import ConfigError
 from distributed_testing._guards import guard_reason
 from distributed_testing._hypothesis import is_hypothesis_test, run_examples
-from distributed_testing._protocol import PASSED, RankContext
+from distributed_testing._protocol import ERROR, FAILED, PASSED, RankContext
 from distributed_testing._run import TestRun
 from distributed_testing._world_sizes import class_world_size, zero_world_size_reason
 
@@ -153,18 +154,11 @@ def _join_once(run: TestRun, case: Any, fn: Any) -> None:
     def is_failure(handle: _launcher.RankHandle) -> bool:
         return _outcomes.rank_failed(_launcher.view(handle, with_output=False), expected, ignore)
 
-    _run.running_test = run.test_id
-    try:
-        if run.debug_rank is not None:
-            run.debug_view = _run_here(run, case, run.debug_rank)
-            if _outcomes.rank_failed(run.debug_view, expected, ignore):
-                timeout = _launcher.FAILURE_GRACE  # the others need not wait for a peer that is done
-        waited = _launcher.wait_for_ranks(run.handles, timeout, is_failure)
-        if waited.timed_out:
-            _launcher.collect_stacks(run.handles)
-        _launcher.stop_ranks(run.handles)
-        _launcher.teach_server(run.handles)
-        views = [_launcher.view(h, with_output=True) for h in run.handles]
+    settings = _settings(run, case)
+    live = settings.show_output == _config.SHOW_LIVE
+
+    def folded(kept: dict[int, str]) -> tuple[list[_outcomes.RankView], _outcomes.Outcome]:
+        views = [_launcher.view(h, with_output=True, full_log=kept.get(h.rank)) for h in run.handles]
         if run.debug_view is not None:
             views = sorted([*views, run.debug_view], key=lambda v: v.rank)
         outcome = _outcomes.fold(
@@ -176,10 +170,27 @@ def _join_once(run: TestRun, case: Any, fn: Any) -> None:
             first_failure=waited.first_failure,
             expected_code=expected,
             ignore_codes=ignore,
-            rerun=_run.rerun_command(case, _settings(run, case), len(views)),
+            rerun=_run.rerun_command(case, settings, len(views)),
         )
-        if _settings(run, case).show_output:
-            _print_outputs(views)
+        return views, outcome
+
+    _run.running_test = run.test_id
+    try:
+        with _output.LiveOutput(run.handles) if live else contextlib.nullcontext():
+            if run.debug_rank is not None:
+                run.debug_view = _run_here(run, case, run.debug_rank)
+                if _outcomes.rank_failed(run.debug_view, expected, ignore):
+                    timeout = _launcher.FAILURE_GRACE  # the others need not wait for a peer that is done
+            waited = _launcher.wait_for_ranks(run.handles, timeout, is_failure)
+            if waited.timed_out:
+                _launcher.collect_stacks(run.handles)
+            _launcher.stop_ranks(run.handles)
+        _launcher.teach_server(run.handles)
+        views, outcome = folded({})
+        if settings.log_dir is not None and _config.keeps_logs(settings, outcome.kind in (FAILED, ERROR)):
+            views, outcome = folded(_output.keep_logs(run.handles, settings.log_dir, run.test_id))
+        if settings.show_output == _config.SHOW_AFTER:
+            _output.print_outputs(views)
         _run.raise_outcome(case, outcome, views)
     except KeyboardInterrupt:
         cleanup(run)  # unittest skips cleanups on Ctrl-C: leave nothing behind ourselves
@@ -259,10 +270,3 @@ def _debug_rank(settings: _config.Settings, world_size: int) -> int | None:
         )
     return rank
 
-
-def _print_outputs(views: list[_outcomes.RankView]) -> None:
-    import sys
-
-    for view in views:
-        for line in view.output.splitlines():
-            print(f"[rank {view.rank}] {line}", file=sys.stderr)

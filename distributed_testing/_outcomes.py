@@ -24,7 +24,7 @@ from distributed_testing._protocol import (
     RankResult,
     TestOutcome,
 )
-from distributed_testing._stacks import summarize_stacks, trim_stacks
+from distributed_testing._stacks import split_where, summarize_stacks, trim_stacks
 
 __all__ = ["Outcome", "RankReport", "RankView", "fold", "rank_failed", "rank_list", "says_peer_gone", "signal_name"]
 
@@ -70,7 +70,8 @@ class RankReport:
     signal: str = ""  # "SIGSEGV": the process died by this signal
     died: bool = False  # the process ended without (or after) reporting: its pid is named
     stacks: str = ""  # a hung rank's stacks, framework frames trimmed
-    where: str = ""  # a hung rank: "in all_reduce at test_x.py:41"
+    where: str = ""  # a hung rank: "in all_reduce (collective #3 of the default group) at test_x.py:41"
+    sequence: int = -1  # collectives the rank's default group had run (-1: unknown)
     output: str = ""  # what the rank printed
     first: bool = False  # this rank failed first
     consequence: bool = False  # failed after another rank had: maybe only a consequence
@@ -218,9 +219,11 @@ def fold(
     failures = sum(_classify(v, expected_code, ignore_codes, timed_out).outcome == FAILED for v in views)
     for view in views:
         report = _classify(view, expected_code, ignore_codes, timed_out)
-        extra: dict[str, object] = {"output": view.output}
+        record, stacks = split_where(view.stacks)
+        sequence = record.get("sequence", view.result.sequence if view.result is not None else -1)
+        extra: dict[str, object] = {"output": view.output, "sequence": sequence}
         if report.outcome == HUNG:
-            extra |= {"stacks": trim_stacks(view.stacks), "where": summarize_stacks(view.stacks)}
+            extra |= {"stacks": trim_stacks(stacks), "where": summarize_stacks(stacks, record)}
         if report.outcome == FAILED and failures > 1 and first_failure is not None:
             extra |= {"first": view.rank == first_failure, "consequence": view.rank != first_failure}
         reports.append(RankReport(**{**report.__dict__, **extra}))  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ a new one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing.connection
 import os
@@ -18,11 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from distributed_testing import _config, _janitor, _launcher, _outcomes, _pool_worker, _run
+from distributed_testing import _config, _janitor, _launcher, _outcomes, _output, _pool_worker, _run
 from distributed_testing._errors import RankFailure
 from distributed_testing._launcher import RankHandle, WaitOutcome
 from distributed_testing._outcomes import RankView
-from distributed_testing._protocol import FAILED, PoolReady, RankContext
+from distributed_testing._protocol import ERROR, FAILED, PoolReady, RankContext
 
 __unittest = True
 
@@ -46,6 +47,7 @@ class RankPool:
         file_name = os.path.join(self.dir, "rendezvous")
         proc = _launcher.process_class(method, cls.__module__)
         self.handles: list[RankHandle] = []
+        self.offsets: list[int] = []  # where each rank's output of the last test begins
         for rank in range(world_size):
             ctx = RankContext(
                 output_path=os.path.join(self.dir, f"rank{rank}.out"),
@@ -94,21 +96,42 @@ class RankPool:
         return problems
 
     def run(
-        self, test_name: str, timeout: float, is_failure: Callable[[RankHandle], bool], example: Any = None
+        self,
+        test_name: str,
+        timeout: float,
+        is_failure: Callable[[RankHandle], bool],
+        example: Any = None,
+        live: bool = False,
     ) -> tuple[list[RankView], WaitOutcome]:
-        """Run one test on every rank; return each rank's view and how waiting ended."""
-        offsets = [_launcher.file_size(h.output_path) for h in self.handles]
+        """Run one test on every rank; return each rank's view and how waiting ended.
+
+        ``live``: the ranks' lines go to stderr as they write them.
+        """
+        self.offsets = [_launcher.file_size(h.output_path) for h in self.handles]
         for handle in self.handles:
             handle.result, handle.finished_at, handle.stacks = None, None, ""
             handle.conn.send((test_name, example))
-        waited = _launcher.wait_for_ranks(self.handles, timeout, is_failure, until_exit=False)
-        if waited.timed_out:
-            _launcher.collect_stacks(self.handles)
-        self.healthy = self._fit_for_more()
-        if not self.healthy:
-            _launcher.stop_ranks([h for h in self.handles if h.result is None])
-        views = [_launcher.view(h, with_output=True, offset=o) for h, o in zip(self.handles, offsets, strict=True)]
-        return views, waited
+        with _output.LiveOutput(self.handles, self.offsets) if live else contextlib.nullcontext():
+            waited = _launcher.wait_for_ranks(self.handles, timeout, is_failure, until_exit=False)
+            if waited.timed_out:
+                _launcher.collect_stacks(self.handles)
+            self.healthy = self._fit_for_more()
+            if not self.healthy:
+                _launcher.stop_ranks([h for h in self.handles if h.result is None])
+        return self.views(), waited
+
+    def views(self, kept: dict[int, str] | None = None) -> list[RankView]:
+        """Each rank's view of the last test, its output from where the test began (naming the
+        kept logs)."""
+        kept = kept or {}
+        return [
+            _launcher.view(h, with_output=True, offset=o, full_log=kept.get(h.rank))
+            for h, o in zip(self.handles, self.offsets, strict=True)
+        ]
+
+    def keep_logs(self, log_dir: str, test_id: str) -> dict[int, str]:
+        """Keep the last test's part of each rank's log in ``log_dir``."""
+        return _output.keep_logs(self.handles, log_dir, test_id, self.offsets)
 
     def _fit_for_more(self) -> bool:
         """Whether every rank answered, is alive, and the ranks stayed in step.
@@ -205,20 +228,31 @@ def drive(case: Any, size: int, start: Callable[[], RankPool], timeout: float, e
     def is_failure(handle: RankHandle) -> bool:
         return _outcomes.rank_failed(_launcher.view(handle, with_output=False), None, False)
 
+    settings = _config.load()
+
+    def folded(views: list[RankView]) -> _outcomes.Outcome:
+        return _outcomes.fold(
+            views,
+            test_id=case.id(),
+            world_size=size,
+            timed_out=waited.timed_out,
+            timeout=timeout,
+            first_failure=waited.first_failure,
+            rerun=_run.rerun_command(case, settings, size),
+        )
+
     try:
-        views, waited = pool.run(case._testMethodName, timeout, is_failure, example)
+        live = settings.show_output == _config.SHOW_LIVE
+        views, waited = pool.run(case._testMethodName, timeout, is_failure, example, live)
+        outcome = folded(views)
+        if settings.log_dir is not None and _config.keeps_logs(settings, outcome.kind in (FAILED, ERROR)):
+            views = pool.views(pool.keep_logs(settings.log_dir, case.id()))  # before a discard removes them
+            outcome = folded(views)
     except BaseException:
         discard(cls, size, "the parent was interrupted while the pool ran a test")
         raise
     if not pool.healthy:
         discard(cls, size, f"{case.id()} left it unfit (a rank died, hung or the ranks are out of step)")
-    outcome = _outcomes.fold(
-        views,
-        test_id=case.id(),
-        world_size=size,
-        timed_out=waited.timed_out,
-        timeout=timeout,
-        first_failure=waited.first_failure,
-        rerun=_run.rerun_command(case, _config.load(), size),
-    )
+    if settings.show_output == _config.SHOW_AFTER:
+        _output.print_outputs(views)
     _run.raise_outcome(case, outcome, views)

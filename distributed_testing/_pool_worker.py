@@ -47,7 +47,7 @@ def pool_main(cls: Any, rank: int, world_size: int, file_name: str, conn: Any, c
         test_name, _rank.current_example = message
         result = _run_one(cls, rank, world_size, test_name, ready)
         healthy = baseline.restore()
-        conn.send(_with_health(result, healthy, _sequence()))
+        conn.send(_with_health(result, healthy, _rank.default_group_sequence()))
         _rank.flush()
     _leave()
 
@@ -95,16 +95,6 @@ def _noop() -> None:
 
 def _with_health(result: RankResult, healthy: bool, sequence: int) -> RankResult:
     return dataclasses.replace(result, healthy=healthy, sequence=sequence)
-
-
-def _sequence() -> int:
-    """How many collectives the default group has run: ranks in step agree on it."""
-    import torch.distributed as dist
-
-    try:
-        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())  # type: ignore[attr-defined]
-    except Exception:  # no group, or a backend that does not count
-        return -1
 
 
 class _Baseline:

@@ -16,7 +16,7 @@ import pytest
 
 from distributed_testing import _log
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
-from distributed_testing._settings import SETTINGS, plain
+from distributed_testing._settings import ENV_SHOW_OUTPUT, SETTINGS, SHOW_LIVE, plain
 
 # Each --dt-* option and its setting (the variable it sets, as run_tests() reads it).
 OPTIONS = {setting.pytest_option: setting for setting in SETTINGS if setting.pytest_option}
@@ -37,7 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Export the options as their variables for this session (ranks and run_tests() read them)."""
+    """Export the options as their variables for this session (ranks and run_tests() read them);
+    with ``-s`` (no capture) and no DISTRIBUTED_TESTING_SHOW_OUTPUT, the ranks' output is live."""
     config.addinivalue_line(
         "markers", f"{MARKER}(*sizes): run a distributed test once per world size, as @world_sizes(*sizes)"
     )
@@ -46,10 +47,13 @@ def pytest_configure(config: pytest.Config) -> None:
         value = config.getoption(option)
         if value is not None:
             given[setting.variable] = ("1" if value else "0") if setting.switch else str(value)
+    checked = bool(given)  # only what the options set is the session's to validate
+    if config.getoption("capture", None) == "no" and not os.environ.get(ENV_SHOW_OUTPUT):
+        given.setdefault(ENV_SHOW_OUTPUT, SHOW_LIVE)  # -s: the ranks' output streams as pytest's own does
     config.stash[_SAVED] = {name: os.environ.get(name) for name in given}
     os.environ.update(given)
     try:
-        if given:
+        if checked:
             from distributed_testing import _config
 
             _config.load()

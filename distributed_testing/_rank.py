@@ -6,8 +6,10 @@ the runner or the parent-side launcher.
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import faulthandler
+import json
 import os
 import random
 import signal
@@ -15,9 +17,10 @@ import sys
 import time
 import unittest
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from distributed_testing import _log, _process
+from distributed_testing import _log, _process, _stacks
 from distributed_testing._errors import ConfigError
 from distributed_testing._protocol import (
     EXITED,
@@ -132,9 +135,90 @@ def destroy_default_group() -> None:
 
 
 def _register_stack_dump(path: str, signum: int) -> None:
-    """On ``signum``, write every thread's stack to ``path``; works inside C++ calls."""
+    """On ``signum``, write every thread's stack to ``path``; works inside C++ calls.
+
+    And answer the parent's "where are you" (a byte in the FIFO ``_stacks.ask_path``)
+    with the where record (``where_now``) and the stacks (``_stacks.write_answer``): a
+    thread blocked in ``read`` costs nothing until asked, and runs while the main thread
+    waits in a collective (c10d releases the GIL there), where no Python signal handler
+    would run. A bare thread: starting it does not wait for it to run, and
+    ``threading.enumerate()`` does not list it.
+    """
     stacks = open(path, "w")  # kept open for the life of the rank
     faulthandler.register(signum, file=stacks, all_threads=True, chain=False)
+    ask = _stacks.ask_path(path)
+    try:
+        try:
+            os.mkfifo(ask, 0o600)
+        except FileExistsError:  # a path used before (each test's ranks normally get new ones)
+            for stale in (ask, _stacks.where_path(path)):
+                if os.path.lexists(stale):
+                    os.unlink(stale)
+            os.mkfifo(ask, 0o600)
+        fd = os.open(ask, os.O_RDWR)  # read and write: a read never sees end-of-file
+    except OSError:
+        return  # no helper: the parent, unable to ask (ask_where), sends the stack signal at once
+    _thread.start_new_thread(_answer_where_requests, (fd, path))
+
+
+def _answer_where_requests(fd: int, stacks_path: str) -> None:
+    """The helper thread: for each byte the parent writes, write the where record and stacks."""
+    while True:
+        try:
+            if not os.read(fd, 64):
+                return
+            _stacks.write_answer(stacks_path, where_now())
+        except Exception:  # never let the thread print into the rank's output
+            return
+
+
+def where_now() -> dict[str, Any]:
+    """Where this rank's default process group is: its sequence number (the collectives
+    it ran, the running one included) and what c10d's flight recorder saw of it; {}
+    without a group. Never imports torch: a test that did not use it has no group."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is None or not dist.is_available() or not dist.is_initialized():
+            return {}
+        group = dist.distributed_c10d._get_default_group()
+        backend = str(dist.get_backend(group))
+    except Exception:  # the main thread is making or destroying the group
+        return {}
+    record: dict[str, Any] = {"sequence": default_group_sequence(), "backend": backend}
+    try:
+        from torch._C import _distributed_c10d as c10d
+
+        dump = getattr(c10d, "_dump_nccl_trace_json", None) if backend == "nccl" else None
+        dump = dump or getattr(c10d, "_dump_fr_trace_json", None)
+        if dump is not None:  # collectives, only the active ones (not retired)
+            found = json.loads(dump(True, True))
+            record["flight"] = _stacks.flight_record(found, str(group.group_name), backend == "nccl")
+    except Exception:  # no recorder for this backend, or one this torch dumps differently
+        pass
+    return record
+
+
+def default_group_sequence() -> int:
+    """How many collectives the default group has run (-1: no group, or a backend that
+    does not count): ranks in step agree on it."""
+    import torch.distributed as dist
+
+    try:
+        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())  # type: ignore[attr-defined]
+    except Exception:
+        return -1
+
+
+GROUP_TIMEOUT_MARGIN = 10.0  # seconds, at least, that a library-made group's timeout exceeds the deadline
+
+
+def group_timeout(deadline: float) -> timedelta:
+    """The timeout of a process group the library creates for tests with this deadline
+    (seconds): longer, so that at the deadline the parent takes every rank's stacks and
+    stops the ranks (the launcher's ``ASK_WAIT``, ``STACK_WAIT`` and ``TERM_GRACE``: 5 s
+    at most) before any collective can time out and turn the hang into one
+    ``Timed out waiting ... for recv`` error."""
+    return timedelta(seconds=deadline + max(GROUP_TIMEOUT_MARGIN, deadline / 10))
 
 
 flush = _process.flush  # the rank's Python streams and C's stdio buffers, into its output

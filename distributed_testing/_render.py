@@ -7,11 +7,13 @@ output; ``ranks_record``: the JSON record's entry per rank.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from distributed_testing._outcomes import Outcome, RankReport, rank_list
 from distributed_testing._protocol import FAILED, HUNG, PASSED, SKIPPED, STOPPED
+from distributed_testing._stacks import stacks_key
 
 __all__ = ["headline", "ranks_record", "sections", "text"]
 
@@ -56,16 +58,25 @@ def headline(outcome: Outcome) -> str:
 def sections(outcome: Outcome) -> list[tuple[str, str]]:
     """One (title, body) per rank with something to show: its traceback or stacks, then its output."""
     shown: list[tuple[str, str]] = []
+    # Hung ranks with the same stacks: shown once, in the section of the group's first rank.
+    stack_group = {r.rank: group for group in _stack_groups(outcome) for r in group}
     for report in outcome.ranks:
         parts = []
+        ranks = [report.rank]
         if report.outcome == FAILED and report.traceback:
             parts.append(report.traceback)
         elif report.outcome == HUNG:
-            parts.append("stacks (most recent call first):\n" + (report.stacks or _NO_STACKS))
+            group = stack_group[report.rank]
+            if group[0] is report:
+                ranks = [r.rank for r in group]
+                parts.append("stacks (most recent call first):\n" + (report.stacks or _NO_STACKS))
+            elif report.output.strip():  # a section of its own only for its output
+                parts.append(f"stacks: the same as rank {group[0].rank}'s")
         if report.output.strip():
-            parts.append("output:\n" + report.output.rstrip("\n"))
+            label = "output:" if ranks == [report.rank] else f"rank {report.rank} output:"  # a group's section
+            parts.append(f"{label}\n" + report.output.rstrip("\n"))
         if parts:
-            title = f"rank {report.rank}: {report.outcome}" + (f": {report.summary}" if report.summary else "")
+            title = f"{_ranks_word(ranks)}: {report.outcome}" + (f": {report.summary}" if report.summary else "")
             shown.append((title, "\n\n".join(parts)))
     return shown
 
@@ -146,27 +157,49 @@ def _failure_groups(outcome: Outcome) -> list[list[RankReport]]:
 
 
 def _timeout_headline(outcome: Outcome) -> list[str]:
+    """The headline, then one line per state, ranks in the same state together
+    (``ranks 0, 2-63: in barrier (collective #3 of the default group) at test_x.py:27``)."""
     hung = [r.rank for r in outcome.ranks if r.outcome == HUNG]
     still = f"; {_ranks_word(hung)} still running" if hung else ""
     lines = [f"{outcome.test_id} timed out after {outcome.timeout:g} s{still}"]
+    states: dict[str, list[int]] = {}
     for report in outcome.ranks:
-        state = report.where if report.outcome == HUNG else (report.summary or "finished")
-        lines.append(f"  rank {report.rank}: {state}")
+        states.setdefault(_timeout_state(report), []).append(report.rank)
+    lines += [f"  {_ranks_word(ranks)}: {state}" for state, ranks in states.items()]
     return lines
+
+
+def _timeout_state(report: RankReport) -> str:
+    if report.outcome == HUNG:
+        return report.where
+    after = f" (after collective #{report.sequence})" if report.sequence >= 0 else ""
+    return (report.summary or "finished") + after
+
+
+def _stack_groups(outcome: Outcome) -> list[list[RankReport]]:
+    """Hung ranks grouped by their trimmed stacks, in rank order of each group's first."""
+    groups: dict[str, list[RankReport]] = {}
+    for report in outcome.ranks:
+        if report.outcome == HUNG:
+            groups.setdefault(stacks_key(report.stacks), []).append(report)
+    return list(groups.values())
 
 
 def _detail_lines(outcome: Outcome) -> list[str]:
     lines: list[str] = []
     if outcome.timed_out:
-        for report in outcome.ranks:
-            if report.outcome == HUNG:
-                title = f"--- rank {report.rank} stacks (most recent call first) ---"
-                lines += ["", title, report.stacks or _NO_STACKS]
+        for group in _stack_groups(outcome):
+            title = f"--- {_ranks_word([r.rank for r in group])} stacks (most recent call first) ---"
+            lines += ["", title, group[0].stacks or _NO_STACKS]
         return lines
     for group in _failure_groups(outcome):
         if group[0].traceback:
             lines += ["", f"--- {_ranks_word([r.rank for r in group])} ---", group[0].traceback]
     return lines
+
+
+# The launcher's own lines in a rank's output (what was cut, where the full log is): shown unprefixed.
+_OUTPUT_NOTE = re.compile(r"\[(?:\.\.\. \d+ bytes of rank \d+'s output not shown|the full log of rank \d+ is )")
 
 
 def _output_lines(outcome: Outcome) -> list[str]:
@@ -175,5 +208,6 @@ def _output_lines(outcome: Outcome) -> list[str]:
         output = report.output.rstrip("\n")
         if output:
             lines += ["", f"--- rank {report.rank} output ---"]
-            lines += [f"[rank {report.rank}] {line}" for line in output.splitlines()]
+            prefix = f"[rank {report.rank}] "
+            lines += [line if _OUTPUT_NOTE.match(line) else prefix + line for line in output.splitlines()]
     return lines

@@ -26,6 +26,8 @@ __all__ = [
     "ENV_DEBUG_RANK",
     "ENV_FULL_TRACEBACKS",
     "ENV_LOG",
+    "ENV_LOG_DIR",
+    "ENV_LOG_DIR_ALL",
     "ENV_REPORT",
     "ENV_SHOW_OUTPUT",
     "ENV_START_METHOD",
@@ -33,14 +35,19 @@ __all__ = [
     "INIT_SCHEMES",
     "LOG_LEVELS",
     "SETTINGS",
+    "SHOW_AFTER",
+    "SHOW_LIVE",
+    "SHOW_OFF",
     "START_METHODS",
     "Setting",
     "parse_backend",
     "parse_bool",
     "parse_debug_rank",
     "parse_init_method",
+    "parse_log_dir",
     "parse_log_level",
     "parse_path",
+    "parse_show_output",
     "parse_start_method",
     "parse_temp_dir",
     "parse_timeout",
@@ -54,6 +61,8 @@ INIT_SCHEMES = ("file://", "env://", "tcp://")
 LOG_LEVELS = ("debug", "info", "warning")
 # Spellings of a boolean, lower case: (true ones, false ones).
 BOOLEAN_VALUES = (("1", "true", "yes", "on"), ("0", "false", "no", "off"))
+# DISTRIBUTED_TESTING_SHOW_OUTPUT: off, after each test (passing ones too), or live as ranks write.
+SHOW_OFF, SHOW_AFTER, SHOW_LIVE = "0", "1", "live"
 
 ENV_START_METHOD = "DISTRIBUTED_TESTING_START_METHOD"
 ENV_TIMEOUT = "DISTRIBUTED_TESTING_TIMEOUT"
@@ -62,6 +71,10 @@ ENV_REPORT = "DISTRIBUTED_TESTING_REPORT"
 ENV_DEBUG_RANK = "DISTRIBUTED_TESTING_DEBUG_RANK"
 ENV_LOG = "DISTRIBUTED_TESTING_LOG"
 ENV_FULL_TRACEBACKS = "DISTRIBUTED_TESTING_FULL_TRACEBACKS"
+ENV_LOG_DIR = "DISTRIBUTED_TESTING_LOG_DIR"
+ENV_LOG_DIR_ALL = "DISTRIBUTED_TESTING_LOG_DIR_ALL"
+# mkdtemp's names of the directories this library makes and removes: dt-run-, dt-pool-<Class>-, dt-<Class>-.
+_OWN_TEMP = re.compile(r"dt-[A-Za-z_][\w-]*-[a-z0-9_]{8}")
 
 
 def script_name() -> str:
@@ -235,6 +248,54 @@ def parse_log_level(value: str, name: str = ENV_LOG) -> str:
     return level
 
 
+def parse_show_output(value: object, name: str = ENV_SHOW_OUTPUT) -> str:
+    """Validate when ranks' output is shown: 0 (with failures), 1 (after each test) or live (as written)."""
+    text = str(value).strip().lower()
+    if text == SHOW_LIVE:
+        return SHOW_LIVE
+    if isinstance(value, bool) or text in BOOLEAN_VALUES[0] + BOOLEAN_VALUES[1]:
+        return SHOW_AFTER if parse_bool(value, name) else SHOW_OFF
+    raise ConfigError(
+        f"{name} must be one of {SHOW_OFF}, {SHOW_AFTER}, {SHOW_LIVE} (0 and 1 also as false/true, no/yes, "
+        f"off/on), got {name}={value!r}. " + _example(f"{ENV_SHOW_OUTPUT}={SHOW_LIVE}"),
+        name,
+        value,
+    )
+
+
+def parse_log_dir(value: str, name: str = ENV_LOG_DIR) -> str:
+    """Validate where failing tests' full rank logs are kept: a directory that is or can be
+    made, writable, and not inside a temporary directory this library removes."""
+    path = os.path.abspath(value)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = _write_problem(existing) if os.path.isdir(existing) else "which is a file"
+    if problem and existing != path:
+        problem = problem.replace("which is", f"which cannot be made: {existing!r} is", 1)
+    if problem is None and (removed := _own_temp_dir(path)):
+        problem = f"inside {removed!r}, a temporary directory this library removes after its test or run"
+    if problem:
+        raise ConfigError(
+            f"{name} must be a directory that exists or can be made, is writable and is kept after the run "
+            f"(not inside a test's temporary directory), got {name}={value!r}, {problem}. "
+            + _example(f"{name}=dt-logs"),
+            name,
+            value,
+        )
+    return path
+
+
+def _own_temp_dir(path: str) -> str | None:
+    """The temporary directory of this library's that ``path`` is in (removed after use), if any."""
+    root = os.path.realpath(tempfile.gettempdir())
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root or real == root:
+        return None
+    first = os.path.relpath(real, root).split(os.sep)[0]
+    return os.path.join(root, first) if _OWN_TEMP.fullmatch(first) else None
+
+
 def parse_path(value: str, name: str) -> str:
     """A file to write: taken as given (its directory is checked when it is written)."""
     return value
@@ -316,10 +377,28 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         variable=ENV_SHOW_OUTPUT, field="show_output", option="--show-output", pytest_option="--dt-show-output",
+        parse=parse_show_output,
+        values="``0``, ``1`` (after each test, passing ones too) or ``live`` (each line to stderr as a "
+        "rank writes it)",
+        default="``0``: with failures only (pytest ``-s``: ``live``)",
+        help="show the ranks' output",
+        example=SHOW_LIVE,
+        unset=SHOW_OFF,
+    ),
+    Setting(
+        variable=ENV_LOG_DIR, field="log_dir", option="--log-dir", pytest_option="--dt-log-dir",
+        parse=parse_log_dir,
+        values="a writable directory, made if missing, outside the tests' temporary directories",
+        default="off: the logs go with each test's temporary directory",
+        help="keep each failing test's full rank logs as ``DIR/<test id>/rank<N>/output.log``",
+        example="dt-logs",
+    ),
+    Setting(
+        variable=ENV_LOG_DIR_ALL, field="log_dir_all", option="--log-dir-all", pytest_option="--dt-log-dir-all",
         parse=parse_bool,
         values="``1`` or ``0`` (or true/false, yes/no, on/off)",
-        default="off",
-        help="show the ranks' output of passing tests too",
+        default="off: failing tests only",
+        help=f"keep passing and skipped tests' logs in ``{ENV_LOG_DIR}`` too",
         example="1",
         unset=False,
         switch=True,

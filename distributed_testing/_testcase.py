@@ -66,6 +66,15 @@ class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
         if hasattr(type(self), method_name):
             setattr(self, method_name, self.join_or_run(getattr(self, method_name)))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickles of a test case: RPC suites send methods bound to it to peers
+        (``rpc.rpc_async(..., self._trainer_func)``); unittest's running state, the
+        rank hooks set on the instance and the parent's run state stay behind."""
+        state = dict(self.__dict__)
+        for name in ("_outcome", "setUp", "tearDown", "_dt", "_dt_outcome"):
+            state.pop(name, None)
+        return state
+
     # -- PyTorch's properties -------------------------------------------------
 
     @property

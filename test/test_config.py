@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,7 @@ from distributed_testing._config import (
     parse_backend,
     parse_bool,
     parse_init_method,
+    parse_log_dir,
     parse_log_level,
     parse_start_method,
     parse_temp_dir,
@@ -47,6 +49,8 @@ _ENV_VARS = (
     "DISTRIBUTED_TESTING_REPORT",
     "DISTRIBUTED_TESTING_LOG",
     "DISTRIBUTED_TESTING_FULL_TRACEBACKS",
+    "DISTRIBUTED_TESTING_LOG_DIR",
+    "DISTRIBUTED_TESTING_LOG_DIR_ALL",
 )
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +62,7 @@ DEFAULTS = Settings(
     init_method="file://",
     start_method=None,
     timeout=None,
-    show_output=False,
+    show_output="0",
 )
 
 
@@ -284,7 +288,7 @@ def test_load_parses_every_variable(tmp_path: Path) -> None:
         init_method="env://",
         start_method="spawn",
         timeout=7.5,
-        show_output=True,
+        show_output="1",
     )
 
 
@@ -317,12 +321,89 @@ def test_load_bad_value_names_the_variable(name: str, value: str) -> None:
 
 @pytest.mark.parametrize("value", ["0", "false", "no"])
 def test_load_show_output_off_values(value: str) -> None:
-    assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output is False
+    assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output == "0"
 
 
 @pytest.mark.parametrize("value", ["False", "NO"])
 def test_load_show_output_off_values_are_case_insensitive(value: str) -> None:
-    assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output is False
+    assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output == "0"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", "1"), ("yes", "1"), ("On", "1"), ("live", "live"), (" LIVE ", "live")])
+def test_load_show_output_after_and_live(value: str, expected: str) -> None:
+    assert load({"DISTRIBUTED_TESTING_SHOW_OUTPUT": value}).show_output == expected
+
+
+@pytest.mark.parametrize("value", ["bogus", "2", "lives", "y"])
+def test_load_bad_show_output_lists_0_1_live(value: str) -> None:
+    err = _error(load, {"DISTRIBUTED_TESTING_SHOW_OUTPUT": value})
+    assert str(err) == (
+        "DISTRIBUTED_TESTING_SHOW_OUTPUT must be one of 0, 1, live (0 and 1 also as false/true, no/yes, off/on), "
+        f"got DISTRIBUTED_TESTING_SHOW_OUTPUT={value!r}. Example: DISTRIBUTED_TESTING_SHOW_OUTPUT=live python test_x.py"
+    )
+    assert (err.name, err.value) == ("DISTRIBUTED_TESTING_SHOW_OUTPUT", value)
+
+
+# -- DISTRIBUTED_TESTING_LOG_DIR ----------------------------------------------
+
+_LOG_DIR_ERROR = (
+    "DISTRIBUTED_TESTING_LOG_DIR must be a directory that exists or can be made, is writable and is kept after the "
+    "run (not inside a test's temporary directory), got DISTRIBUTED_TESTING_LOG_DIR="
+)
+
+
+def test_parse_log_dir_accepts_an_existing_or_makeable_directory_and_makes_nothing(tmp_path: Path) -> None:
+    assert parse_log_dir(str(tmp_path)) == str(tmp_path)
+    assert parse_log_dir(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+    assert list(tmp_path.iterdir()) == []  # checked by a probe file, removed; nothing made yet
+
+
+def test_parse_log_dir_returns_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load({"DISTRIBUTED_TESTING_LOG_DIR": "logs"}).log_dir == str(tmp_path / "logs")
+
+
+def test_parse_log_dir_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("")
+    err = _error(parse_log_dir, str(path))
+    assert str(err) == f"{_LOG_DIR_ERROR}{str(path)!r}, which is a file. Example: DISTRIBUTED_TESTING_LOG_DIR=dt-logs python test_x.py"
+    err = _error(parse_log_dir, str(path / "logs"))
+    assert f"{str(path / 'logs')!r}, which cannot be made: {str(path)!r} is a file. Example:" in str(err)
+    assert (err.name, err.value) == ("DISTRIBUTED_TESTING_LOG_DIR", str(path / "logs"))
+
+
+def test_parse_log_dir_not_writable() -> None:
+    # /proc refuses new files even to root (chmod would not stop root).
+    err = _error(parse_log_dir, "/proc/dt-logs")
+    assert str(err).startswith(f"{_LOG_DIR_ERROR}'/proc/dt-logs', which cannot be made: '/proc' is not writable (")
+
+
+@pytest.mark.parametrize("name", ["dt-run-abcd_123", "dt-TestX-0a1b2c3d", "dt-pool-TestX-zzzzzzzz"])
+def test_parse_log_dir_inside_a_temporary_directory_of_the_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    value = str(tmp_path / name / "logs")
+    err = _error(parse_log_dir, value)
+    assert str(err) == (
+        f"{_LOG_DIR_ERROR}{value!r}, inside {str(tmp_path / name)!r}, a temporary directory this library removes "
+        "after its test or run. Example: DISTRIBUTED_TESTING_LOG_DIR=dt-logs python test_x.py"
+    )
+    assert parse_log_dir(str(tmp_path / "dt-logs")) == str(tmp_path / "dt-logs")  # a name of the user's
+
+
+def test_load_log_dir_all_needs_a_log_dir(tmp_path: Path) -> None:
+    err = _error(load, {"DISTRIBUTED_TESTING_LOG_DIR_ALL": "1"})
+    assert str(err) == (
+        "DISTRIBUTED_TESTING_LOG_DIR_ALL=1 keeps every test's logs in DISTRIBUTED_TESTING_LOG_DIR, which is not set: "
+        "set it to a directory, or unset DISTRIBUTED_TESTING_LOG_DIR_ALL. Example: DISTRIBUTED_TESTING_LOG_DIR=dt-logs "
+        "DISTRIBUTED_TESTING_LOG_DIR_ALL=1 python test_x.py"
+    )
+    assert err.name == "DISTRIBUTED_TESTING_LOG_DIR_ALL"
+    assert load({"DISTRIBUTED_TESTING_LOG_DIR_ALL": "0"}).log_dir_all is False
+    both = load({"DISTRIBUTED_TESTING_LOG_DIR": str(tmp_path), "DISTRIBUTED_TESTING_LOG_DIR_ALL": "yes"})
+    assert (both.log_dir, both.log_dir_all) == (str(tmp_path), True)
 
 
 def test_load_strict_names_every_missing_variable() -> None:
@@ -462,7 +543,7 @@ def test_parse_bool_message() -> None:
     assert (err.name, err.value) == ("DISTRIBUTED_TESTING_FULL_TRACEBACKS", "maybe")
 
 
-@pytest.mark.parametrize("name", ["DISTRIBUTED_TESTING_SHOW_OUTPUT", "DISTRIBUTED_TESTING_FULL_TRACEBACKS"])
+@pytest.mark.parametrize("name", ["DISTRIBUTED_TESTING_FULL_TRACEBACKS", "DISTRIBUTED_TESTING_LOG_DIR_ALL"])
 @pytest.mark.parametrize("value", ["2", "maybe", "y", "enabled"])
 def test_load_bad_switch_names_the_variable(name: str, value: str) -> None:
     err = _error(load, {name: value})
@@ -573,7 +654,8 @@ def test_the_table_keeps_the_option_names() -> None:
 
 @pytest.mark.parametrize("setting", _settings.SETTINGS, ids=lambda s: s.variable)
 def test_every_example_value_is_good(setting: _settings.Setting) -> None:
-    load({setting.variable: setting.example})  # raises when the example is bad
+    needs = {"DISTRIBUTED_TESTING_LOG_DIR": "dt-logs"} if setting.variable == "DISTRIBUTED_TESTING_LOG_DIR_ALL" else {}
+    load({**needs, setting.variable: setting.example})  # raises when the example is bad
 
 
 def _settings_table_tool() -> ModuleType:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -216,8 +217,15 @@ def test_a_sigkill_names_the_signal(pool):
 
 def test_a_hang_reports_stacks_and_the_pool_is_rebuilt(pool):
     report = reports(pool[0].output)["TestPool.test_11_hang"]
-    assert "__main__.TestPool.test_11_hang timed out after 5 s; rank 0 still running" in report
-    assert "rank 0: in test_11_hang at test_x.py:" in report
+    # Rank 1 waits in the barrier (the group's timeout outlasts the deadline): both hang.
+    assert "__main__.TestPool.test_11_hang timed out after 5 s; ranks 0-1 still running" in report
+    where = re.search(
+        r"^  rank 0: in time\.sleep at test_x\.py:\d+ \(after collective #(\d+)\)\n"
+        r"  rank 1: in barrier \(collective #(\d+) of the default group\) at test_x\.py:\d+$",
+        report,
+        re.M,
+    )
+    assert where and int(where[2]) == int(where[1]) + 1, report  # rank 1 is one collective ahead
     assert "<module>" not in report  # frames of the fork server trimmed
     assert set(_pids(pool, "after-hang")).isdisjoint(_pids(pool, "after-sigkill"))
 

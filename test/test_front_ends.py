@@ -184,8 +184,10 @@ def test_debug_rank_runs_in_the_main_process(runner):
 
 def test_debug_rank_outside_the_world(runner):
     run = runner.run(str(runner.write(DEBUG)), DISTRIBUTED_TESTING_DEBUG_RANK="5")
-    assert run.returncode == 1
-    assert "DISTRIBUTED_TESTING_DEBUG_RANK=5 is not a rank of this test, whose world size is 3." in run.output
+    # Checked before any test runs: a usage error, not an error per test.
+    assert run.returncode == 2, run.output
+    assert "DISTRIBUTED_TESTING_DEBUG_RANK=5 is not a rank of __main__.TestDebug.test_x, whose world size is 3" \
+        in run.output
 
 
 def test_debug_rank_with_pdb(runner):

@@ -288,8 +288,8 @@ def test_a_hang_reports_where_every_rank_was(runner):
     assert run.returncode == 1, run.output
     report = reports(run.output)["TestHang.test_hang"]
     assert "__main__.TestHang.test_hang timed out after 3 s; ranks 0-1 still running" in report
-    assert "rank 0: in all_reduce at test_x.py:24" in report
-    assert "rank 1: in test_hang at test_x.py:23" in report
+    assert "rank 0: in all_reduce (collective #1 of the default group) at test_x.py:24" in report
+    assert "rank 1: in time.sleep at test_x.py:23 (after collective #0)" in report
     assert "--- rank 1 stacks (most recent call first) ---" in report
     assert "_rank.py" not in report  # framework frames trimmed
     assert runner.leftovers() == []

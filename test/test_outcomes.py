@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing.process
 import pickle
 import re
 import threading
 import unittest.case
+from pathlib import Path
 
 import pytest
 import torch.distributed.c10d_logger
@@ -24,7 +26,15 @@ from distributed_testing._protocol import (
     ErrorInfo,
     RankResult,
 )
-from distributed_testing._stacks import summarize_stacks, trim_stacks
+from distributed_testing._render import sections
+from distributed_testing._stacks import (
+    HELPER_FUNCTION,
+    WHERE_MARK,
+    flight_record,
+    split_where,
+    summarize_stacks,
+    trim_stacks,
+)
 
 # A test's outcomes (the rank statuses share the words)
 PASS, FAIL, SKIP = PASSED, FAILED, SKIPPED
@@ -402,11 +412,11 @@ def test_fold_timed_out_with_no_rank_left_running_does_not_print_an_empty_rank_l
 def test_trim_stacks_drops_framework_frames_and_frames_older_than_rank_main() -> None:
     trimmed = trim_stacks(STACKS_RANK_0)
     assert trimmed.splitlines() == [
-        "Thread 0x00007f3a2b7fe640 (most recent call first):",
+        "Thread (most recent call first):",  # thread ids differ from rank to rank and say nothing
         f'  File "{THREADING}", line 324 in wait',
         f'  File "{THREADING}", line 1002 in _bootstrap',
         "",
-        "Current thread 0x00007f3a3c1b4740 (most recent call first):",
+        "Thread (most recent call first):",
         f'  File "{C10D}", line 2800 in all_reduce',
         f'  File "{C10D_LOGGER}", line 81 in wrapper',
         '  File "/tmp/t/test_x.py", line 41 in test_sum',
@@ -441,6 +451,112 @@ def test_trim_stacks_keeps_user_frames_under_a_directory_named_like_the_package(
 
 def test_summarize_stacks_finds_user_frames_under_a_directory_named_like_the_package() -> None:
     assert summarize_stacks(USER_PROJECT_STACKS) == "in test_sum at test_x.py:41"
+
+
+# -- where a hung rank's default group was; identical stacks shown once --------
+
+
+def where(sequence: int, stacks: str, **extra: object) -> str:
+    """A rank's stacks as the parent reads them: the rank's where record first."""
+    return WHERE_MARK + json.dumps({"sequence": sequence, "backend": "gloo", **extra}) + "\n" + stacks
+
+
+def sleeping(path: str, line: int, thread: str = "0x1") -> str:
+    return f'Current thread {thread} (most recent call first):\n  File "{path}", line {line} in test_sum\n'
+
+
+def test_fold_names_the_collective_a_rank_is_in_and_the_one_a_rank_ran_last(tmp_path: Path) -> None:
+    source = tmp_path / "test_x.py"
+    source.write_text("def test_sum(self):\n    dist.barrier()\n    time.sleep(600)\n")
+    views = (stopped(0, where(3, STACKS_RANK_0)), stopped(1, where(2, sleeping(str(source), 3))))
+    lines = fold_ranks(*views, timed_out=True, timeout=5.0).message.splitlines()
+    assert lines[1:3] == [
+        "  rank 0: in all_reduce (collective #3 of the default group) at test_x.py:41",
+        "  rank 1: in time.sleep at test_x.py:3 (after collective #2)",
+    ]
+    assert not any(line.startswith(WHERE_MARK) for line in lines)
+
+
+def test_fold_without_a_where_record_or_with_a_bad_one_names_no_number() -> None:
+    assert summarize_stacks(STACKS_RANK_0, {}) == "in all_reduce at test_x.py:41"
+    assert split_where(WHERE_MARK + "{not json\n" + STACKS_RANK_2) == ({}, STACKS_RANK_2)
+    outcome = fold_ranks(stopped(0, where(-1, STACKS_RANK_2)), timed_out=True, timeout=1.0)
+    assert outcome.message.splitlines()[1] == "  rank 0: in barrier at test_x.py:45"
+
+
+def test_fold_a_finished_pool_rank_says_which_collective_it_ran_last() -> None:
+    done = RankView(1, pid_of(1), RankResult(1, pid_of(1), PASSED, sequence=6), None)
+    outcome = fold_ranks(stopped(0, where(7, STACKS_RANK_2)), done, timed_out=True, timeout=5.0)
+    assert outcome.message.splitlines()[1:3] == [
+        "  rank 0: in barrier (collective #7 of the default group) at test_x.py:45",
+        "  rank 1: finished (after collective #6)",
+    ]
+
+
+def test_sixty_four_hung_ranks_with_the_same_stacks_are_shown_once() -> None:
+    # Thread ids differ from process to process: they do not make stacks different.
+    views = [stopped(0, where(2, sleeping("/tmp/t/test_x.py", 9)))]
+    views += [stopped(r, where(3, STACKS_RANK_2.replace("0x00007f3a3c1b4741", hex(r)))) for r in range(1, 64)]
+    outcome = fold_ranks(*views, timed_out=True, timeout=5.0)
+    lines = outcome.message.splitlines()
+    assert lines[:3] == [
+        f"{TEST_ID} timed out after 5 s; ranks 0-63 still running",
+        "  rank 0: in test_sum at test_x.py:9 (after collective #2)",
+        "  ranks 1-63: in barrier (collective #3 of the default group) at test_x.py:45",
+    ]
+    assert "--- ranks 1-63 stacks (most recent call first) ---" in lines
+    assert len(lines) < 20
+    titles = [title for title, _ in sections(outcome)]
+    assert titles == [
+        "rank 0: hung: still running at the deadline",
+        "ranks 1-63: hung: still running at the deadline",
+    ]
+
+
+def test_ranks_in_step_but_for_one_stand_out_by_their_number() -> None:
+    views = [stopped(r, where(3 if r != 2 else 4, STACKS_RANK_2)) for r in range(4)]
+    lines = fold_ranks(*views, timed_out=True, timeout=5.0).message.splitlines()
+    assert lines[1:3] == [
+        "  ranks 0-1, 3: in barrier (collective #3 of the default group) at test_x.py:45",
+        "  rank 2: in barrier (collective #4 of the default group) at test_x.py:45",
+    ]
+    assert lines.count("--- ranks 0-3 stacks (most recent call first) ---") == 1
+
+
+def test_trim_stacks_drops_the_ranks_helper_thread() -> None:
+    helper = f'Thread 0x2 (most recent call first):\n  File "{RANK_PY}", line 9 in {HELPER_FUNCTION}\n'
+    helper += f'  File "{THREADING}", line 975 in run\n\n'
+    assert trim_stacks(helper + STACKS_RANK_2) == trim_stacks(STACKS_RANK_2)
+    frameless = "Thread 0x3 (most recent call first):\n  <no Python frame>\n\n"  # the helper before it ran
+    assert trim_stacks(frameless + STACKS_RANK_2) == trim_stacks(STACKS_RANK_2)
+
+
+GLOO_DUMP = {
+    "entries": [
+        {"process_group": ["0", "default_pg"], "profiling_name": "gloo:all_reduce", "state": "scheduled"},
+        {"process_group": ["0", "default_pg"], "profiling_name": "gloo:barrier", "state": "scheduled"},
+    ],
+    "pg_status": {"0": {"last_enqueued_collective": "4", "last_completed_collective": "2"}},
+}
+
+
+def test_flight_record_names_the_last_collective_entered_and_completed() -> None:
+    assert flight_record(GLOO_DUMP, "0", False) == {"entered": [4, "barrier"], "completed": 2, "tracks_completion": False}
+    assert flight_record(GLOO_DUMP, "1", False) == {}
+    assert flight_record({**GLOO_DUMP, "entries": []}, "0", True)["entered"] == [4, "a collective"]
+
+
+def test_summary_adds_the_flight_recorder_only_where_it_tracks_completion() -> None:
+    waiting = sleeping("/tmp/t/test_x.py", 9)
+    flight = {"entered": [4, "all_reduce"], "completed": 3, "tracks_completion": True}
+    assert summarize_stacks(waiting, {"sequence": 4, "flight": flight}) == (
+        "in test_sum at test_x.py:9 (after collective #4); flight recorder: all_reduce #4 not completed, "
+        "last completed #3"
+    )
+    gloo = {**flight, "tracks_completion": False}  # gloo: completed means the work was released
+    assert summarize_stacks(waiting, {"sequence": 4, "flight": gloo}) == "in test_sum at test_x.py:9 (after collective #4)"
+    inside = summarize_stacks(STACKS_RANK_2, {"sequence": 4, "flight": flight})  # the stack says it all
+    assert inside == "in barrier (collective #4 of the default group) at test_x.py:45"
 
 
 # -- rank_failed (stopping the others early) ----------------------------------

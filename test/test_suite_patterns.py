@@ -294,3 +294,30 @@ def test_a_debug_rank_no_selected_test_has_stops_the_run(runner: Runner) -> None
     for run, module in ((python, "__main__"), (pytest_run, "test_x")):
         text = f"DISTRIBUTED_TESTING_DEBUG_RANK=9 is not a rank of {module}.TestPair.test_x, whose world size is 2"
         assert text in run.stderr, run.output
+
+
+def test_a_method_bound_to_the_test_pickles_in_a_rank_as_rpc_suites_send_it(runner: Runner) -> None:
+    # rpc_test.py's test_my_parameter_server sends self._trainer_func to its peers.
+    path = runner.write("""
+        import pickle
+
+        class TestPickles(MultiProcessTestCase):
+            world_size = 2
+
+            def setUp(self):
+                super().setUp()
+                self._spawn_processes()
+
+            def _double(self, x):
+                return 2 * x
+
+            def test_bound_method(self):
+                again = pickle.loads(pickle.dumps(self._double))
+                self.assertEqual(again(21), 42)
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 0, run.output
+    assert outcomes(run.output)["TestPickles.test_bound_method"] == "ok"

@@ -1,4 +1,5 @@
-"""torchrun mode: launched processes are the ranks; one node, two nodes, a failing rank."""
+"""torchrun mode: launched processes are the ranks; one node, two nodes, a failing rank;
+a failure, skip or hang on one rank ends that test on every rank, and the run goes on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Runner, wait_gone
+from conftest import Runner, outcomes, reports, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,77 @@ class TestEnvGroup(DistBackendTestCase):
 if __name__ == "__main__":
     run_tests()
 """
+
+
+# The issue's target: a failure on rank 1 only, then a passing test, with a 10 s class
+# timeout. Rank 0 waits for no one in the tear-down: both tests report at once.
+TARGET = """
+class TestTarget(DistBackendTestCase):
+    timeout = 10
+
+    def test_a_fails_on_rank_1(self):
+        if self.rank == 1:
+            raise ValueError("rank 1 only")  # <raise>
+
+    def test_b_passes(self):
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        self.assertEqual(t.item(), 2.0)
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+# Run with DISTRIBUTED_TESTING_TIMEOUT=10.
+ONE_RANK = """
+class TestOneRank(DistBackendTestCase):
+    def test_a_fails_on_rank_1_in_collective(self):
+        if self.rank == 1:
+            raise ValueError("rank 1 only")
+        dist.all_reduce(torch.ones(1))  # rank 1 never comes: its group is aborted
+
+    def test_b_skips_on_rank_1(self):
+        if self.rank == 1:
+            self.skipTest("not on rank 1")
+        self.assertEqual(self.rank, 0)
+
+    def test_c_hangs_on_rank_1(self):
+        if self.rank == 1:
+            time.sleep(600)  # <sleep>
+        dist.all_reduce(torch.ones(1))  # <all-reduce>
+
+    def test_d_passes(self):
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        self.assertEqual(t.item(), 2.0)
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+# Run with DISTRIBUTED_TESTING_TIMEOUT=5. Rank 1 blocks the signal that interrupts a
+# test at its deadline, as C code that retries on EINTR would: it cannot leave the test.
+STUCK = """
+from distributed_testing import _launch_store
+
+class TestStuck(DistBackendTestCase):
+    def test_a_stuck_on_rank_1(self):
+        if self.rank == 1:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {_launch_store.INTERRUPT_SIGNAL})
+            time.sleep(600)  # <sleep>
+        dist.all_reduce(torch.ones(1))
+
+    def test_b_after(self):
+        pass
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def _line_of(path: Path, marker: str) -> int:
+    lines = path.read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if f"# {marker}" in line)
 
 
 def _free_port() -> int:
@@ -137,3 +209,83 @@ def test_inconsistent_launcher_variables(runner):
 
 def test_torchrun_is_installed_with_torch():
     assert os.path.exists(TORCHRUN)
+
+
+def _standalone(runner: Runner, body: str, **env: str) -> tuple[Path, list[str], str]:
+    """Run ``body`` under torchrun on one node, two ranks: (file, each rank's output, torchrun's)."""
+    path = runner.write(body)
+    logs = runner.tmp_path / "logs"
+    proc = subprocess.Popen(
+        [TORCHRUN, f"--log-dir={logs}", "--redirects=3", "--standalone", "--nproc-per-node=2", str(path), "-v"],
+        cwd=runner.tmp_path,
+        env=runner.env(OMP_NUM_THREADS="1", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 1, output
+    outputs = _rank_outputs(logs)
+    assert len(outputs) == 2, output
+    # Nothing left: the launch's directory, the ranks, their helpers.
+    assert wait_gone(str(runner.tmp_path)) == []
+    assert runner.leftovers() == []
+    return path, outputs, output
+
+
+def test_failing_rank_then_passing_test(runner):
+    path, outputs, _ = _standalone(runner, TARGET)
+    for output in outputs:
+        assert outcomes(output) == {"TestTarget.test_a_fails_on_rank_1": "ERROR", "TestTarget.test_b_passes": "ok"}
+        assert "Ran 2 tests" in output
+        assert "Timeout" not in output and "interrupted" not in output
+    report = reports(outputs[0])["TestTarget.test_a_fails_on_rank_1"]
+    assert report.startswith("distributed_testing._errors.RankFailure: rank 1 of 2 failed: ValueError: rank 1 only\n")
+    assert f'File "{path}", line {_line_of(path, "<raise>")}, in test_a_fails_on_rank_1' in report
+    assert "rank 0" not in report  # rank 0 passed; it did not wait for rank 1 in the tear-down
+    # Reported once, by rank 0; rank 1 points there.
+    assert sum(o.count('raise ValueError("rank 1 only")') for o in outputs) == 1
+    assert "rank 1 of 2 failed: ValueError: rank 1 only (the full report is printed by rank 0)" in outputs[1]
+
+
+def test_one_rank_fails_skips_or_hangs_and_the_run_goes_on(runner):
+    path, outputs, _ = _standalone(runner, ONE_RANK, DISTRIBUTED_TESTING_TIMEOUT="10")
+    expected = {
+        "TestOneRank.test_a_fails_on_rank_1_in_collective": "ERROR",
+        "TestOneRank.test_b_skips_on_rank_1": "skipped 'skipped on rank 1: not on rank 1 (rank 0 passed)'",
+        "TestOneRank.test_c_hangs_on_rank_1": "ERROR",
+        "TestOneRank.test_d_passes": "ok",
+    }
+    for output in outputs:
+        assert outcomes(output) == expected, output
+    found = reports(outputs[0])
+    failed = found["TestOneRank.test_a_fails_on_rank_1_in_collective"]
+    # Rank 0, in a collective with rank 1, was stopped: not a second failure.
+    assert "rank 1 of 2 failed: ValueError: rank 1 only\nrank 0 was stopped\n" in failed
+    assert "--- rank 1 ---" in failed and "Connection closed" not in failed
+    hung = found["TestOneRank.test_c_hangs_on_rank_1"]
+    sleep, reduce = _line_of(path, "<sleep>"), _line_of(path, "<all-reduce>")
+    assert "test_c_hangs_on_rank_1 timed out after 10 s; ranks 0-1 still running\n" in hung
+    assert f"  rank 1: in time.sleep at test_x.py:{sleep}" in hung
+    assert "  rank 0: in all_reduce" in hung and f"at test_x.py:{reduce}" in hung, hung
+    assert "--- rank 1 stacks (most recent call first) ---" in hung
+    assert f'File "{path}", line {sleep} in test_c_hangs_on_rank_1' in hung
+    assert "Timed out waiting" not in hung  # stacks at the deadline, not the group's own timeout
+    assert "(the full report is printed by rank 0)" in outputs[1]
+
+
+def test_a_rank_stuck_past_the_deadline_leaves_and_the_rest_is_not_run(runner):
+    path, outputs, _ = _standalone(runner, STUCK, DISTRIBUTED_TESTING_TIMEOUT="5")
+    sleep = _line_of(path, "<sleep>")
+    found = outcomes(outputs[0])
+    assert found["TestStuck.test_a_stuck_on_rank_1"] == "ERROR", outputs[0]
+    not_run = found["TestStuck.test_b_after"]
+    assert not_run.startswith("skipped 'not run: rank 1 was stuck in __main__.TestStuck.test_a_stuck_on_rank_1 ")
+    assert f"(in time.sleep at test_x.py:{sleep}" in not_run and not_run.endswith(" and left the run'"), not_run
+    report = reports(outputs[0])["TestStuck.test_a_stuck_on_rank_1"]
+    assert "test_a_stuck_on_rank_1 timed out after 5 s" in report
+    assert f"  rank 1: in time.sleep at test_x.py:{sleep}" in report
+    assert "and left the run: the remaining tests are not run." in report
+    assert "test_x.py: 1 test(s) not run: rank 1 was stuck in __main__.TestStuck.test_a_stuck_on_rank_1" in outputs[0]
+    assert "  __main__.TestStuck.test_b_after" in outputs[0]
+    assert "the remaining tests are not run (rank 0 reports)" in outputs[1]

@@ -1,8 +1,9 @@
 """Run PyTorch's own distributed suites on PyTorch's framework and through torch_compat, and compare.
 
-One generated test file, PyTorch's style, imports the suite from the installed
-torch wheel (nothing of PyTorch's is copied here). It runs twice in fresh
-subprocesses, each with BACKEND=gloo, WORLD_SIZE, a fresh TEMP_DIR (with
+One generated test file per suite, PyTorch's style, imports the suite from the
+installed torch wheel (nothing of PyTorch's is copied here), combined as PyTorch's
+own test files combine it (see ``tools/torch_suites/catalog.py``). It runs twice in
+fresh subprocesses, each with BACKEND=gloo, WORLD_SIZE, a fresh TEMP_DIR (with
 ``barrier`` and ``test_dir``) and INIT_METHOD as PyTorch's run_test.py sets them:
 
 * ``python FILE``: PyTorch's framework (``common_distributed``, spawned ranks);
@@ -10,172 +11,52 @@ subprocesses, each with BACKEND=gloo, WORLD_SIZE, a fresh TEMP_DIR (with
 
 Each run gets its own TMPDIR. It prints, for both, the outcome counts, the
 end-to-end wall time and the files left in TMPDIR, then the speed-up and every
-test whose outcome differs. Suites:
+test whose outcome differs, split into differences by design (the README's
+*Moving from PyTorch*: a non-zero rank that fails while rank 0 passes fails here;
+a class with world_size 0 skips here; ``requires_world_size`` skips only with
+nccl here) and defects (everything else). Suites (``--suite``, several, or ``all``):
 
 * ``dist``: ``distributed_test.py``'s ``DistributedTest._DistTestBase`` as
-  ``test_distributed_spawn.py`` runs it (``TestDistBackend`` and the base);
-* ``rpc``: the TensorPipe RPC suites, built by ``rpc_utils.generate_tests`` from
-  ``GENERIC_TESTS + TENSORPIPE_TESTS`` with ``TensorPipeRpcAgentTestFixture``.
+  ``test_distributed_spawn.py`` runs it; WORLD_SIZE from ``--world-size`` (default
+  3, what run_test.py gives gloo without 2 GPUs);
+* TensorPipe agent (``test_tensorpipe_agent.py``'s ``generate_tests("TensorPipe",
+  TensorPipeRpcAgentTestFixture, GENERIC_TESTS + TENSORPIPE_TESTS)``), one suite
+  per wheel module: ``rpc`` (rpc_test.py), ``dist_autograd``, ``dist_optimizer``,
+  ``ddp_under_dist_autograd``, ``remote_module``, ``jit_rpc``,
+  ``jit_dist_autograd``, ``rpc_examples``; ``tensorpipe`` is that whole file;
+* ``faulty``: ``test_faulty_agent.py``'s ``generate_tests("Faulty",
+  FaultyRpcAgentTestFixture, FAULTY_AGENT_TESTS)``.
+
+The RPC suites' classes fix their world size (4; remote module 2 and 3; DDP under
+dist autograd 6 and 4), as in PyTorch. ``all`` is every suite but ``tensorpipe``.
 
 Examples::
 
+    python tools/torch_suite.py --suite all --sample 24
     python tools/torch_suite.py --world-size 2 3 --sample 60
     python tools/torch_suite.py -k all_reduce -k broadcast --only ours
-    python tools/torch_suite.py --suite rpc --sample 20
+    python tools/torch_suite.py --suite rpc dist_autograd --sample 20
 
-Exit code: 0 when every test that passed on PyTorch's framework passed on ours,
-1 otherwise, 2 on bad usage.
+Exit code: 0 when no outcome differs but by design, 1 when any defect, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import IO
+from typing import Any
 
-RECORD_ENV = "TORCH_SUITE_RECORD"  # where the generated file records PyTorch's runner's outcomes
-OUTCOMES = ("passed", "failed", "error", "skipped")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_RECORDER = '''
-def _record_outcomes(path):
-    """Make PyTorch's runner (unittest.main) also write each test's outcome to ``path``."""
-    import atexit, json, time, unittest
+from torch_suites.catalog import ALL, SUITES, resolve
+from torch_suites.compare import compare
 
-    records = []
-
-    class Recording(unittest.TextTestResult):
-        def startTest(self, test):
-            self._t0 = time.monotonic()
-            super().startTest(test)
-
-        def _add(self, test, outcome, message=""):
-            seconds = round(time.monotonic() - getattr(self, "_t0", time.monotonic()), 4)
-            records.append({"id": test.id(), "outcome": outcome, "message": message, "seconds": seconds})
-
-        def addSuccess(self, test):
-            super().addSuccess(test)
-            self._add(test, "passed")
-
-        def addFailure(self, test, err):
-            super().addFailure(test, err)
-            self._add(test, "failed", str(err[1]))
-
-        def addError(self, test, err):
-            super().addError(test, err)
-            self._add(test, "error", str(err[1]))
-
-        def addSkip(self, test, reason):
-            super().addSkip(test, reason)
-            self._add(test, "skipped", reason)
-
-        def addExpectedFailure(self, test, err):
-            super().addExpectedFailure(test, err)
-            self._add(test, "passed", "expected failure")
-
-        def addUnexpectedSuccess(self, test):
-            super().addUnexpectedSuccess(test)
-            self._add(test, "failed", "unexpected success")
-
-    def write():
-        with open(path, "w") as handle:
-            json.dump({"tests": records}, handle, indent=1)
-
-    unittest.TextTestRunner.resultclass = Recording
-    atexit.register(write)
-'''
-
-DIST_SUITE = (
-    '''"""Generated by tools/torch_suite.py: PyTorch's test_distributed_spawn.py, importing the installed wheel."""
-import os
-
-import torch
-from torch.testing._internal.common_utils import run_tests
-from torch.testing._internal.distributed.distributed_test import DistributedTest, TestDistBackend
-
-torch.backends.cuda.matmul.allow_tf32 = False
-
-
-class TestDistBackendWithSpawn(TestDistBackend, DistributedTest._DistTestBase):
-    def setUp(self):
-        super().setUp()
-        self._spawn_processes()
-        torch.backends.cudnn.flags(enabled=True, allow_tf32=False).__enter__()
-
-'''
-    + _RECORDER
-    + """
-if __name__ == "__main__":
-    if os.environ.get("TORCH_SUITE_RECORD"):
-        _record_outcomes(os.environ["TORCH_SUITE_RECORD"])
-    run_tests()
-"""
-)
-
-RPC_SUITE = (
-    '''"""Generated by tools/torch_suite.py: PyTorch's TensorPipe RPC suites, importing the installed wheel."""
-import os
-
-from torch.testing._internal.common_utils import run_tests
-from torch.testing._internal.distributed.rpc.tensorpipe_rpc_agent_test_fixture import (
-    TensorPipeRpcAgentTestFixture,
-)
-from torch.testing._internal.distributed.rpc_utils import GENERIC_TESTS, TENSORPIPE_TESTS, generate_tests
-
-globals().update(
-    generate_tests("TensorPipe", TensorPipeRpcAgentTestFixture, GENERIC_TESTS + TENSORPIPE_TESTS, __name__)
-)
-'''
-    + _RECORDER
-    + """
-if __name__ == "__main__":
-    if os.environ.get("TORCH_SUITE_RECORD"):
-        _record_outcomes(os.environ["TORCH_SUITE_RECORD"])
-    run_tests()
-"""
-)
-
-SUITES = {"dist": DIST_SUITE, "rpc": RPC_SUITE}
-
-_LISTER = """
-import importlib.util, sys, unittest
-spec = importlib.util.spec_from_file_location("__suite__", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-def walk(suite):
-    for item in suite:
-        if isinstance(item, unittest.TestSuite):
-            yield from walk(item)
-        else:
-            yield item
-for test in walk(unittest.defaultTestLoader.loadTestsFromModule(module)):
-    print(test.id().split(".", 1)[1])
-"""
-
-
-@dataclass
-class Run:
-    """One framework's run of the selected tests."""
-
-    name: str
-    seconds: float
-    returncode: int
-    outcomes: dict[str, str] = field(default_factory=dict)  # "Class.test" -> outcome
-    messages: dict[str, str] = field(default_factory=dict)
-    log: str = ""
-    left_behind: int = 0  # files the run left in its TMPDIR
-
-    def count(self, outcome: str) -> int:
-        return sum(1 for o in self.outcomes.values() if o == outcome)
+DEFAULT_WORLD_SIZE = 3  # run_test.py's gloo WORLD_SIZE on a machine without exactly 2 GPUs
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -183,247 +64,99 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python tools/torch_suite.py",
         description="Run PyTorch's distributed suites on PyTorch's framework and on ours; compare.",
     )
-    parser.add_argument("--suite", choices=sorted(SUITES), default="dist", help="dist (default) or rpc")
-    parser.add_argument("--world-size", type=int, nargs="+", default=[2], help="WORLD_SIZE values (default 2)")
+    parser.add_argument(
+        "--suite",
+        nargs="+",
+        choices=[*SUITES, "all"],
+        default=["dist"],
+        metavar="NAME",
+        help=f"one or more of {', '.join(SUITES)}, or all ({', '.join(ALL)}); default dist",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        nargs="+",
+        help=f"WORLD_SIZE values for dist (default {DEFAULT_WORLD_SIZE}); the RPC suites' classes fix theirs",
+    )
     parser.add_argument("-k", dest="patterns", action="append", default=[], help="select tests (unittest -k rules)")
-    parser.add_argument("--limit", type=int, help="the first N selected tests")
-    parser.add_argument("--sample", type=int, help="N selected tests, evenly spread over the selection")
+    parser.add_argument("--limit", type=int, help="the first N selected tests of each suite")
+    parser.add_argument("--sample", type=int, help="N selected tests of each suite, evenly spread over its selection")
     parser.add_argument("--only", choices=("torch", "ours"), help="run one framework only")
     parser.add_argument("--init-method", choices=("file", "env"), default="file", help="as run_test.py (default file)")
     parser.add_argument("--start-method", default="fork", help="ours: fork (default, the fast start) or spawn")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds a whole run may take (default 3600)")
-    parser.add_argument("--keep", help="keep the generated file, logs and reports in this directory")
-    parser.add_argument("--json", help="write the comparison to this JSON file")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds one framework's run may take (3600)")
+    parser.add_argument("--keep", help="keep the generated files, logs and reports in this directory")
+    parser.add_argument("--json", help="write the comparisons to this JSON file")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if any(n < 1 for n in args.world_size):
+    suites = resolve(args.suite)
+    if args.world_size and any(n < 1 for n in args.world_size):
         print("torch_suite: --world-size values must be >= 1", file=sys.stderr)
+        return 2
+    if args.world_size and not any(SUITES[s].world_sizes_from_env for s in suites):
+        print("torch_suite: --world-size applies to dist only; the RPC suites' classes fix theirs", file=sys.stderr)
         return 2
     work = args.keep or tempfile.mkdtemp(prefix="torch-suite-")
     os.makedirs(work, exist_ok=True)
-    regressions = 0
-    summary = []
+    summary: list[dict[str, Any]] = []
     try:
-        for world_size in args.world_size:
-            result = compare(args, world_size, work)
-            regressions += len(result["regressions"])
-            summary.append(result)
+        for name in suites:
+            sizes = (args.world_size or [DEFAULT_WORLD_SIZE]) if SUITES[name].world_sizes_from_env else [4]
+            for world_size in sizes:
+                result = compare(args, name, world_size, work)
+                if result is not None:
+                    summary.append(result)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if not summary:
+        print(f"torch_suite: no test matches -k {' -k '.join(args.patterns)}", file=sys.stderr)
+        return 2
+    if len(summary) > 1:
+        print_summary(summary)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(summary, handle, indent=1)
-    return 1 if regressions else 0
+    return 1 if any(result["defects"] for result in summary) else 0
 
 
-def compare(args: argparse.Namespace, world_size: int, work: str) -> dict[str, object]:
-    """Run both frameworks at one world size; print and return the comparison."""
-    suite = os.path.join(work, f"test_torch_suite_{args.suite}.py")
-    with open(suite, "w") as handle:
-        handle.write(SUITES[args.suite])
-    names = select(list_tests(suite, world_size, work), args)
-    if not names:
-        raise SystemExit(f"torch_suite: no test of the {args.suite} suite matches -k {' -k '.join(args.patterns)}")
-    print(
-        f"\n== PyTorch {args.suite} suite, BACKEND=gloo WORLD_SIZE={world_size} "
-        f"INIT_METHOD={args.init_method}://, {len(names)} tests",
-        flush=True,
-    )
-    runs = []
-    if args.only in (None, "torch"):
-        runs.append(run_framework("torch", suite, names, world_size, args, work))
-    if args.only in (None, "ours"):
-        runs.append(run_framework("ours", suite, names, world_size, args, work))
-    print_table(runs, len(names))
-    differences = diff(runs) if len(runs) == 2 else []
-    regressions = [d for d in differences if d["torch"] == "passed"]
-    print_differences(differences)
-    return {
-        "suite": args.suite,
-        "world_size": world_size,
-        "tests": len(names),
-        "runs": [
-            {
-                "framework": r.name,
-                "seconds": round(r.seconds, 2),
-                "returncode": r.returncode,
-                "files_left_in_tmpdir": r.left_behind,
-                "counts": {o: r.count(o) for o in (*OUTCOMES, "missing")},
-            }
-            for r in runs
-        ],
-        "differences": differences,
-        "regressions": regressions,
-    }
+def _cell(run: dict[str, Any] | None) -> tuple[str, str]:
+    if run is None:
+        return "-", "-"
+    c = run["counts"]
+    text = f"{c['passed']}/{c['failed'] + c['error']}/{c['skipped']}"
+    if c["missing"]:
+        text += f" +{c['missing']} did not run"
+    return text, f"{run['seconds']:.1f}"
 
 
-def suite_env(world_size: int, args: argparse.Namespace, temp_dir: str) -> dict[str, str]:
-    """The environment run_test.py gives test_distributed_spawn.py, with a fresh TEMP_DIR."""
-    for sub in ("barrier", "test_dir"):
-        os.makedirs(os.path.join(temp_dir, sub), exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBUTED_TESTING_")}
-    env.update(
-        BACKEND="gloo",
-        WORLD_SIZE=str(world_size),
-        TEMP_DIR=temp_dir,
-        INIT_METHOD=f"file://{temp_dir}/" if args.init_method == "file" else "env://",
-        PYTHONWARNINGS="ignore",
-    )
-    return env
-
-
-def list_tests(suite: str, world_size: int, work: str) -> list[str]:
-    temp_dir = tempfile.mkdtemp(prefix="list-", dir=work)
-    env = suite_env(world_size, argparse.Namespace(init_method="file"), temp_dir)
-    proc = subprocess.run([sys.executable, "-c", _LISTER, suite], env=env, capture_output=True, text=True, timeout=600)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"torch_suite: could not list the tests of {suite}:\n{proc.stderr[-3000:]}")
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-
-
-def select(names: list[str], args: argparse.Namespace) -> list[str]:
-    """unittest's -k rules (a substring, or a glob with *), then --limit or --sample."""
-    if args.patterns:
-        globs = [p if "*" in p else f"*{p}*" for p in args.patterns]
-        names = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
-    if args.limit is not None:
-        names = names[: args.limit]
-    if args.sample is not None and 0 < args.sample < len(names):
-        step = len(names) / args.sample
-        names = [names[int(i * step)] for i in range(args.sample)]
-    return names
-
-
-def run_framework(
-    which: str, suite: str, names: list[str], world_size: int, args: argparse.Namespace, work: str
-) -> Run:
-    """Run ``names`` of ``suite`` in a fresh subprocess on one framework."""
-    tag = f"{which}-ws{world_size}"
-    temp_dir = tempfile.mkdtemp(prefix=f"{tag}-", dir=work)
-    report = os.path.join(work, f"{tag}.json")
-    env = suite_env(world_size, args, temp_dir)
-    if which == "torch":
-        cmd = [sys.executable, suite, "-v", *names]
-        env[RECORD_ENV] = report
-        label = "PyTorch common_distributed (spawn)"
-    else:
-        cmd = [sys.executable, "-m", "distributed_testing", "--torch-compat", suite, "-v", *names]
-        env["DISTRIBUTED_TESTING_REPORT"] = report
-        env["DISTRIBUTED_TESTING_START_METHOD"] = args.start_method
-        label = f"distributed_testing ({args.start_method})"
-    scratch = _scratch_dir(tag)
-    env["TMPDIR"] = scratch  # what a framework leaves in its temp dir is counted, then removed
-    log_path = os.path.join(work, f"{tag}.log")
-    print(f"-- {label}: running {len(names)} tests (log: {log_path})", flush=True)
-    start = time.monotonic()
-    with open(log_path, "w") as log:
-        code = _run_in_session(cmd, env, work, log, args.timeout)
-    seconds = time.monotonic() - start
-    run = Run(label, seconds, code, log=log_path, left_behind=_count_files(scratch))
-    for record in _read_records(report):
-        key = record["id"].split(".", 1)[1]
-        run.outcomes[key] = record["outcome"]
-        run.messages[key] = record.get("message", "")
-    for name in names:
-        run.outcomes.setdefault(name, "missing")
-    for path in (temp_dir, scratch):
-        shutil.rmtree(path, ignore_errors=True)
-    return run
-
-
-def _run_in_session(cmd: list[str], env: dict[str, str], cwd: str, log: IO[str], timeout: float) -> int:
-    """Run ``cmd`` in its own session; on timeout kill the whole session (ranks included)."""
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return -1
-
-
-def _scratch_dir(tag: str) -> str:
-    """A fresh TMPDIR for one run, short enough for multiprocessing's socket paths.
-
-    The fork server listens on a socket in TMPDIR, and a socket path may not
-    exceed 107 bytes: a long TMPDIR (a pytest tmp_path) fails every rank start.
-    """
-    base = tempfile.gettempdir()
-    if len(base) > 40 and os.path.isdir("/tmp"):
-        base = "/tmp"
-    return tempfile.mkdtemp(prefix=f"ts-{tag}-", dir=base)
-
-
-def _count_files(directory: str) -> int:
-    return sum(len(files) for _, _, files in os.walk(directory))
-
-
-def _read_records(path: str) -> list[dict[str, str]]:
-    try:
-        with open(path) as handle:
-            return list(json.load(handle)["tests"])
-    except (OSError, ValueError, KeyError):
-        return []
-
-
-def print_table(runs: list[Run], total: int) -> None:
+def print_summary(summary: list[dict[str, Any]]) -> None:
+    """One row per suite (and world size): outcomes and wall time per framework, speed-up, differences."""
     header = (
-        f"{'framework':38} {'tests':>5} {'passed':>6} {'failed':>6} {'errors':>6} {'skipped':>7} {'wall s':>8} "
-        f"{'files left':>10}"
+        f"{'suite':26} {'world size':>10} {'tests':>9} {'PyTorch p/f/s':>14} {'s':>7} {'ours p/f/s':>14} {'s':>7}"
+        f" {'speed-up':>8} {'by design':>9} {'defects':>7}"
     )
-    print(header)
-    print("-" * len(header))
-    for run in runs:
-        missing = run.count("missing")
-        extra = f"  ({missing} did not run; exit code {run.returncode})" if missing else ""
+    print(f"\n== summary (p/f/s: passed / failed or error / skipped)\n{header}\n{'-' * len(header)}")
+    totals = [0.0, 0.0]
+    for result in summary:
+        runs = {("torch" if r["framework"].startswith("PyTorch") else "ours"): r for r in result["runs"]}
+        theirs, ours = _cell(runs.get("torch")), _cell(runs.get("ours"))
+        speed = "-"
+        if "torch" in runs and "ours" in runs and runs["ours"]["seconds"] > 0:
+            speed = f"{runs['torch']['seconds'] / runs['ours']['seconds']:.1f}x"
+            totals[0] += runs["torch"]["seconds"]
+            totals[1] += runs["ours"]["seconds"]
+        size = str(result["world_size"]) if result["world_size"] else "/".join(map(str, result["world_sizes"]))
         print(
-            f"{run.name:38} {total:5} {run.count('passed'):6} {run.count('failed'):6} {run.count('error'):6} "
-            f"{run.count('skipped'):7} {run.seconds:8.1f} {run.left_behind:10}{extra}"
+            f"{result['suite']:26} {size:>10} {result['tests']:>4}/{result['tests_in_suite']:<4} {theirs[0]:>14} "
+            f"{theirs[1]:>7} {ours[0]:>14} {ours[1]:>7} {speed:>8} {len(result['by_design']):>9} "
+            f"{len(result['defects']):>7}"
         )
-    if len(runs) == 2 and runs[1].seconds > 0:
-        print(f"speed-up end to end: {runs[0].seconds / runs[1].seconds:.1f}x")
-
-
-def diff(runs: list[Run]) -> list[dict[str, str]]:
-    torch_run, ours = runs
-    found = []
-    for name in sorted(torch_run.outcomes):
-        theirs, mine = torch_run.outcomes[name], ours.outcomes.get(name, "missing")
-        if theirs != mine:
-            found.append(
-                {
-                    "test": name,
-                    "torch": theirs,
-                    "ours": mine,
-                    "torch_message": _first_line(torch_run.messages.get(name, "")),
-                    "ours_message": _first_line(ours.messages.get(name, "")),
-                }
-            )
-    return found
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:200] if lines else ""
-
-
-def print_differences(differences: list[dict[str, str]]) -> None:
-    if not differences:
-        print("outcomes: identical")
-        return
-    print(f"outcomes that differ ({len(differences)}):")
-    for d in differences:
-        print(f"  {d['test']}: PyTorch {d['torch']}, ours {d['ours']}")
-        for side in ("torch", "ours"):
-            if d[f"{side}_message"]:
-                print(f"      {side}: {d[f'{side}_message']}")
+    if totals[1] > 0:
+        print(f"total: PyTorch {totals[0]:.1f} s, ours {totals[1]:.1f} s, speed-up {totals[0] / totals[1]:.1f}x")
 
 
 if __name__ == "__main__":
