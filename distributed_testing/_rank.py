@@ -58,7 +58,8 @@ def rank_main(cls: type, rank: int, test_name: str, file_name: str, conn: Any, c
     global current_example
     current_example = ctx.example
     try:
-        cls._run(rank, test_name, file_name, conn)  # type: ignore[attr-defined]
+        # PyTorch passes fake_pg (its class attribute) for _run overrides that set up a fake group.
+        cls._run(rank, test_name, file_name, conn, fake_pg=getattr(cls, "fake_pg", False))  # type: ignore[attr-defined]
     except SystemExit as exc:  # PyTorch-style _run overrides end with sys.exit
         send_result(conn, _exit_result(rank, exc))
     except BaseException as exc:

@@ -321,3 +321,34 @@ def test_a_method_bound_to_the_test_pickles_in_a_rank_as_rpc_suites_send_it(runn
     run = runner.run(str(path), "-v")
     assert run.returncode == 0, run.output
     assert outcomes(run.output)["TestPickles.test_bound_method"] == "ok"
+
+
+def test_fake_pg_reaches_a_run_override_as_on_pytorch(runner: Runner) -> None:
+    path = runner.write("""
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+
+        class TestFake(MultiProcessTestCase):
+            world_size = 2
+            fake_pg = True
+
+            def setUp(self):
+                super().setUp()
+                self._spawn_processes()
+
+            @classmethod
+            def _run(cls, rank, test_name, file_name, parent_pipe, **kwargs):
+                assert kwargs["fake_pg"] is True
+                dist.init_process_group("fake", rank=rank, world_size=2, store=FakeStore())
+                super()._run(rank, test_name, file_name, parent_pipe, **kwargs)
+
+            def test_on_the_fake_group(self):
+                t = torch.ones(2)
+                dist.all_reduce(t)  # the fake group returns at once
+                self.assertEqual(dist.get_backend(), "fake")
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path), "-v")
+    assert run.returncode == 0, run.output
+    assert outcomes(run.output)["TestFake.test_on_the_fake_group"] == "ok"
