@@ -13,7 +13,7 @@ $(STAMP): setup.cfg setup.py constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2  # two workers: the suite waits on ranks, deadlines and launchers as much as it computes
 
 demo: $(STAMP)
 	$(PY) test/example_allreduce.py -v
