@@ -216,9 +216,9 @@ def fold(
 ) -> Outcome:
     """Fold the ranks' views into one outcome."""
     reports = []
-    failures = sum(_classify(v, expected_code, ignore_codes, timed_out).outcome == FAILED for v in views)
-    for view in views:
-        report = _classify(view, expected_code, ignore_codes, timed_out)
+    classified = [_classify(v, expected_code, ignore_codes, timed_out) for v in views]
+    failures = sum(report.outcome == FAILED for report in classified)
+    for view, report in zip(views, classified, strict=True):
         record, stacks = split_where(view.stacks)
         sequence = record.get("sequence", view.result.sequence if view.result is not None else -1)
         extra: dict[str, object] = {"output": view.output, "sequence": sequence}
