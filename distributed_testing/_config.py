@@ -112,6 +112,13 @@ class Settings:
     full_tracebacks: bool = False  # keep the framework's own frames in tracebacks and stacks
     log_dir: str | None = None  # keep failing tests' full rank logs here (absolute)
     log_dir_all: bool = False  # and passing (and skipped) tests' too
+    max_ranks: int | None = None  # most ranks alive at once across pytest-xdist workers (None: CPU count)
+    shard: tuple[int, int] | None = None  # (i, n): run the i-th of n shards
+    durations: str | None = None  # an earlier run's JSON report, to balance shards
+    retries: int = 0  # re-runs of a failing or hung test on fresh ranks
+    repeat: int = 1  # runs of each selected test
+    require_hardware: bool = False  # a test skipped for lack of hardware fails instead
+    nodes: int = 1  # simulated nodes the ranks of a test are spread over
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:

@@ -7,6 +7,7 @@ imports nothing heavy (no torch) until a distributed test class is collected.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import os
 import unittest
@@ -23,6 +24,13 @@ OPTIONS = {setting.pytest_option: setting for setting in SETTINGS if setting.pyt
 MARKER = "world_size"
 _SAVED = pytest.StashKey[dict[str, str | None]]()  # the variables' values before pytest_configure
 _LOGGING = pytest.StashKey[bool]()  # whether pytest_configure added the library's log handler
+# The plugin's parts for running at scale, one module per concern, registered at configure:
+# the rank budget and device leases under pytest-xdist, shards, retries and hardware accounting.
+PARTS = (
+    "distributed_testing._pytest_budget",
+    "distributed_testing._pytest_shard",
+    "distributed_testing._pytest_retries",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,10 +68,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_LOGGING] = _log.configure_from_environment()
     except ConfigError as exc:
         _restore_environment(config)
-        raise pytest.UsageError(_from_option(exc)) from None
+        raise pytest.UsageError(from_option(exc)) from None
+    for name in PARTS:
+        if not config.pluginmanager.has_plugin(name):
+            config.pluginmanager.register(importlib.import_module(name), name)
 
 
-def _from_option(exc: ConfigError) -> str:
+def from_option(exc: ConfigError) -> str:
     """The error, naming the --dt-* option when the bad value came from one."""
     for option, setting in OPTIONS.items():
         if setting.variable == exc.name and option in " ".join(_command_line()):
@@ -121,7 +132,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         try:
             settings = _config.load()
         except ConfigError as exc:  # as python file.py: a usage error before any test runs
-            raise pytest.UsageError(_from_option(exc)) from None
+            raise pytest.UsageError(from_option(exc)) from None
         if settings.debug_rank is not None:
             _check_debug_rank(session.items, settings.debug_rank)
         _forkserver.prepare_for(c for c in classes if isinstance(c, type))
@@ -133,7 +144,7 @@ def _check_debug_rank(items: list[pytest.Item], rank: int) -> None:
     cases = [case for item in items if (case := _case_of(item)) is not None]
     problem = debug_rank_problem(cases, rank)
     if problem:
-        raise pytest.UsageError(_from_option(ConfigError(problem, "DISTRIBUTED_TESTING_DEBUG_RANK", rank)))
+        raise pytest.UsageError(from_option(ConfigError(problem, "DISTRIBUTED_TESTING_DEBUG_RANK", rank)))
 
 
 def _case_of(item: pytest.Item) -> Any:

@@ -653,7 +653,9 @@ def test_the_table_keeps_the_option_names() -> None:
 
 
 @pytest.mark.parametrize("setting", _settings.SETTINGS, ids=lambda s: s.variable)
-def test_every_example_value_is_good(setting: _settings.Setting) -> None:
+def test_every_example_value_is_good(setting: _settings.Setting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.json").write_text('{"tests": []}')  # the durations example: an earlier run's report
     needs = {"DISTRIBUTED_TESTING_LOG_DIR": "dt-logs"} if setting.variable == "DISTRIBUTED_TESTING_LOG_DIR_ALL" else {}
     load({**needs, setting.variable: setting.example})  # raises when the example is bad
 
@@ -767,6 +769,14 @@ def _plugin_run(runner: Runner, options: list[str], **env: str) -> tuple[dict[st
 def test_pytest_plugin_accepts_every_dt_option_and_restores_the_environment(runner: Runner) -> None:
     options: list[str] = []
     expected: dict[str, str] = {}
+    durations = runner.tmp_path / "durations.json"
+    durations.write_text('{"tests": []}')
+    values = {  # where the example would change which tests run, or how often
+        "TEMP_DIR": str(runner.tmp_path),
+        "DISTRIBUTED_TESTING_SHARD": "1/1",
+        "DISTRIBUTED_TESTING_DURATIONS": str(durations),
+        "DISTRIBUTED_TESTING_REPEAT": "1",
+    }
     for setting in _settings.SETTINGS:
         if setting.pytest_option is None:
             continue
@@ -774,7 +784,7 @@ def test_pytest_plugin_accepts_every_dt_option_and_restores_the_environment(runn
             options.append(setting.pytest_option)
             expected[setting.variable] = "1"
         else:
-            value = str(runner.tmp_path) if setting.variable == "TEMP_DIR" else setting.example
+            value = values.get(setting.variable, setting.example)
             options += [setting.pytest_option, value]
             expected[setting.variable] = value
     result, output = _plugin_run(runner, options, WORLD_SIZE="5", DISTRIBUTED_TESTING_LOG="")

@@ -1,0 +1,3 @@
+"""Retries, flaky outcomes and hardware accounting under pytest."""
+
+from __future__ import annotations
