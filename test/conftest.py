@@ -41,6 +41,20 @@ _CONFIG_VARS = (
     "DISTRIBUTED_TESTING_DEFAULTED_BACKEND",
     "DISTRIBUTED_TESTING_LOG_DIR",
     "DISTRIBUTED_TESTING_LOG_DIR_ALL",
+    "DISTRIBUTED_TESTING_MAX_RANKS",
+    "DISTRIBUTED_TESTING_SHARD",
+    "DISTRIBUTED_TESTING_DURATIONS",
+    "DISTRIBUTED_TESTING_RETRIES",
+    "DISTRIBUTED_TESTING_REPEAT",
+    "DISTRIBUTED_TESTING_REQUIRE_HARDWARE",
+    "DISTRIBUTED_TESTING_NODES",
+    "PYTEST_XDIST_WORKER",  # this suite runs on xdist workers; the files under test choose their own
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_XDIST_TESTRUNUID",
+    "SLURM_PROCID",  # a Slurm allocation around this suite is not the file under test's
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_JOB_ID",
     "PYTEST_CURRENT_TEST",
     "PYTEST_ADDOPTS",
     "CI",  # PyTorch's runner changes behaviour on CI (XML reports needing xmlrunner)
