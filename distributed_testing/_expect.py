@@ -27,8 +27,9 @@ def accepting() -> bool:
 
 
 def record(case: Any, actual: str, expect: str, skip: int) -> bool:
-    """In a rank, note the value; return True when the rank must not check it itself."""
-    if not _rank.in_rank:
+    """In a rank (process or thread), note the value; return True when the rank must not check it itself."""
+    recorded = _rank.expectation_list()
+    if recorded is None:
         return False
     filters = getattr(case, "_expect_filters", None)
     if filters:
@@ -36,7 +37,7 @@ def record(case: Any, actual: str, expect: str, skip: int) -> bool:
 
         actual = expecttest.replace_many(filters, actual)
     frame = traceback.extract_stack(limit=2 + skip)[0]
-    _rank.expectations.append((frame.filename, int(frame.lineno or 0), actual, expect))
+    recorded.append((frame.filename, int(frame.lineno or 0), actual, expect))
     return accepting()
 
 

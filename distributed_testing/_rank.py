@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import unittest
 from collections.abc import Callable
@@ -45,6 +46,7 @@ _case_built: object = None  # the test case, once run_in_rank has it
 in_rank = False  # whether this process is a rank (set before any test code runs)
 current_example: Any = None  # hypothesis: the example the parent drew for this test
 expectations: list[tuple[str, int, str, str]] = []  # assertExpectedInline calls of the running test
+rank_thread = threading.local()  # a rank thread's own ``expectations`` (MultiThreadedTestCase)
 modules_at_start: frozenset[str] | None = None  # a forked rank: what the fork server had imported
 
 
@@ -396,7 +398,9 @@ def run_in_rank(
     """
     global _case_built
     _case_built = case
-    expectations.clear()
+    recorded = expectation_list()
+    if recorded is not None:
+        recorded.clear()
     if current_example is not None:  # the parent drew it: run the body on exactly that
         from distributed_testing._hypothesis import bind_example
 
@@ -416,7 +420,16 @@ def run_in_rank(
     start = time.monotonic()
     unittest.TestCase.run(case, collector)
     result = _result_of(collector, rank, time.monotonic() - start)
-    return dataclasses.replace(result, expectations=tuple(expectations))
+    return dataclasses.replace(result, expectations=tuple(recorded or ()))
+
+
+def expectation_list() -> list[tuple[str, int, str, str]] | None:
+    """Where the running test's assertExpectedInline values are recorded: the rank thread's
+    or the rank process's list; None outside a rank (the value is checked where it is)."""
+    own = getattr(rank_thread, "expectations", None)
+    if own is not None:
+        return own  # type: ignore[no-any-return]
+    return expectations if in_rank else None
 
 
 def _result_of(collector: _Collector, rank: int, duration: float) -> RankResult:

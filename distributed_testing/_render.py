@@ -199,7 +199,9 @@ def _detail_lines(outcome: Outcome) -> list[str]:
 
 
 # The launcher's own lines in a rank's output (what was cut, where the full log is): shown unprefixed.
-_OUTPUT_NOTE = re.compile(r"\[(?:\.\.\. \d+ bytes of rank \d+'s output not shown|the full log of rank \d+ is )")
+_OUTPUT_NOTE = re.compile(
+    r"\[(?:\.\.\. \d+ (?:bytes|characters) of rank \d+'s output not shown|the full log of rank \d+ is )"
+)
 
 
 def _output_lines(outcome: Outcome) -> list[str]:

@@ -10,9 +10,11 @@ thread, the report says so, and the group is torn down all the same.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import importlib
+import io
 import os
 import sys
 import threading
@@ -22,7 +24,7 @@ import unittest
 from collections.abc import Callable
 from typing import Any
 
-from distributed_testing import _outcomes, _rank, _run
+from distributed_testing import _config, _outcomes, _output, _rank, _run
 from distributed_testing._errors import ConfigError
 from distributed_testing._protocol import EXITED, FAILED, PASSED, SKIPPED, STOPPED, RankResult
 from distributed_testing._stacks import show_framework_frames
@@ -32,6 +34,8 @@ __unittest = True  # hide these frames from user tracebacks
 __all__ = ["ThreadedRun", "c10d_module", "current_run", "join_threads", "thread_stacks"]
 
 GRACE = 1.0  # seconds rank threads get to leave once their collectives are cancelled
+# Characters of a rank thread's output kept in a report: its head, and most of all its tail.
+_OUTPUT_HEAD, _OUTPUT_TAIL = 5_000, 15_000
 # The SystemExit message of PyTorch's threaded group when a peer cancelled its collectives.
 TERMINATION = "Test termination event occurs."
 _THREADED_PG = "torch.testing._internal.distributed.multi_threaded_pg"
@@ -69,7 +73,10 @@ class _RankThread(threading.Thread):
 
 
 def _thread_main(run: ThreadedRun, rank: int, body: Callable[[], None]) -> None:
-    """A rank thread's entry point: run ``body``; a result is always recorded."""
+    """A rank thread's entry point: run ``body``; a result is always recorded, with the
+    assertExpectedInline values the thread noted (the main thread compares and accepts them)."""
+    noted: list[tuple[str, int, str, str]] = []
+    _rank.rank_thread.expectations = noted
     try:
         body()
     except BaseException as exc:  # outside the test (a custom _run): still one result
@@ -82,6 +89,8 @@ def _thread_main(run: ThreadedRun, rank: int, body: Callable[[], None]) -> None:
         if result.status != PASSED:
             run.stop_peers()
     run.results.setdefault(rank, RankResult(rank, os.getpid(), PASSED))
+    if noted and not run.results[rank].expectations:  # a body outside run_in_rank (the decorator's)
+        run.results[rank] = dataclasses.replace(run.results[rank], expectations=tuple(noted))
 
 
 def current_run() -> ThreadedRun:
@@ -104,6 +113,7 @@ class ThreadedRun:
     threads: list[_RankThread] = dataclasses.field(default_factory=list)
     results: dict[int, RankResult] = dataclasses.field(default_factory=dict)
     over: bool = False  # joined or given up: threads still running keep their hands off the group
+    output: _ThreadOutput | None = None  # what each rank thread printed
 
     @classmethod
     def start(cls, case: unittest.TestCase, world_size: int, timeout: float) -> ThreadedRun:
@@ -113,6 +123,7 @@ class ThreadedRun:
         run.world = _threaded_pg()._install_threaded_pg()
         run.store = c10d_module().HashStore()
         _rank.seed_all()  # once: the rank threads share one random state
+        run.output = _ThreadOutput.install(_config.load().show_output == _config.SHOW_LIVE)
         return run
 
     def spawn(self, body: Callable[[int], None]) -> list[_RankThread]:
@@ -142,6 +153,8 @@ class ThreadedRun:
         if self.over:
             return
         self.over = True
+        if self.output is not None:
+            self.output.uninstall()
         pg = _threaded_pg()
         try:
             pg.ProcessLocalGroup.reset()
@@ -191,6 +204,7 @@ class ThreadedRun:
     ) -> tuple[_outcomes.Outcome, list[_outcomes.RankView]]:
         timed_out = bool(stacks)
         pid = os.getpid()
+        printed = self.output.outputs() if self.output is not None else {}
         results = {rank: _without_termination(result) for rank, result in done.items()}
         cancelled = {rank for rank, result in results.items() if result is None}
         real = {rank: result for rank, result in results.items() if result is not None}
@@ -199,16 +213,19 @@ class ThreadedRun:
         views = []
         for rank in range(self.world_size):
             result = real.get(rank)
+            said = printed.get(rank, "")
             if rank in stacks:
-                views.append(_outcomes.RankView(rank, pid, None, None, stacks=stacks[rank]))
+                views.append(_outcomes.RankView(rank, pid, None, None, stacks=stacks[rank], output=said))
             elif rank in cancelled and not failed and skip is not None and not timed_out:
                 # A peer skipped while this rank waited for it in a collective: the test is a skip.
-                views.append(_outcomes.RankView(rank, pid, RankResult(rank, pid, SKIPPED, reason=skip), None))
+                skipped = RankResult(rank, pid, SKIPPED, reason=skip)
+                views.append(_outcomes.RankView(rank, pid, skipped, None, output=said))
             elif rank in cancelled:
                 stub = RankResult(rank, pid, PASSED) if timed_out else None
-                views.append(_outcomes.RankView(rank, pid, stub, None, stopped="" if timed_out else "cancelled"))
+                stopped = "" if timed_out else "cancelled"
+                views.append(_outcomes.RankView(rank, pid, stub, None, stopped=stopped, output=said))
             else:
-                views.append(_outcomes.RankView(rank, pid, result, None))
+                views.append(_outcomes.RankView(rank, pid, result, None, output=said))
         first = min(failed, key=lambda r: r.failed_at).rank if failed else None
         outcome = _outcomes.fold(
             views,
@@ -288,4 +305,97 @@ def join_threads(threads: list[Any], case: unittest.TestCase | None) -> None:
         )
     run = runs.popitem()[1]
     outcome, views = run.join()
+    if _config.load().show_output == _config.SHOW_AFTER:
+        _output.print_outputs(views)
     _run.raise_outcome(run.case, outcome, views)
+
+
+class _ThreadOutput:
+    """What a test's rank threads print: while they run, ``sys.stdout`` and ``sys.stderr`` keep
+    a rank thread's writes per rank (head and tail, as a rank process's log) for the report and,
+    with ``live``, copy them line by line to the real stderr, ``[rank N]`` first; other threads'
+    writes go where they went before."""
+
+    def __init__(self, live: bool) -> None:
+        self.saved = (sys.stdout, sys.stderr)
+        self.live = live
+        self.lock = threading.Lock()
+        self.heads: dict[int, list[str]] = {}
+        self.tails: dict[int, collections.deque[str]] = {}
+        self.sizes: dict[int, int] = {}
+        self.partial: dict[int, str] = {}
+        self.streams = (_RankStream(self, 0), _RankStream(self, 1))
+
+    @classmethod
+    def install(cls, live: bool) -> _ThreadOutput:
+        output = cls(live)
+        sys.stdout, sys.stderr = output.streams
+        return output
+
+    def uninstall(self) -> None:
+        if sys.stdout is self.streams[0]:
+            sys.stdout = self.saved[0]
+        if sys.stderr is self.streams[1]:
+            sys.stderr = self.saved[1]
+        if self.live:
+            for rank, rest in sorted(self.partial.items()):
+                if rest:
+                    print(f"[rank {rank}] {rest}", file=self.saved[1], flush=True)
+
+    def write(self, rank: int, text: str) -> None:
+        with self.lock:
+            self._keep(rank, text)
+            if self.live:
+                lines = (self.partial.get(rank, "") + text).split("\n")
+                self.partial[rank] = lines.pop()
+                for line in lines:
+                    print(f"[rank {rank}] {line}", file=self.saved[1], flush=True)
+
+    def _keep(self, rank: int, text: str) -> None:
+        size = self.sizes.get(rank, 0)
+        self.sizes[rank] = size + len(text)
+        room = max(0, _OUTPUT_HEAD - size)
+        if room:
+            self.heads.setdefault(rank, []).append(text[:room])
+            text = text[room:]
+        if text:
+            tail = self.tails.setdefault(rank, collections.deque())
+            tail.append(text[-_OUTPUT_TAIL:])
+            while sum(map(len, tail)) - len(tail[0]) >= _OUTPUT_TAIL:
+                tail.popleft()
+
+    def outputs(self) -> dict[int, str]:
+        """Each rank thread's output: all of it, or its head and tail around a note of the cut."""
+        with self.lock:
+            shown = {}
+            for rank, head in self.heads.items():
+                kept_head, tail = "".join(head), "".join(self.tails.get(rank, ()))[-_OUTPUT_TAIL:]
+                cut = self.sizes[rank] - len(kept_head) - len(tail)
+                start = "" if kept_head.endswith("\n") else "\n"
+                note = f"{start}[... {cut} characters of rank {rank}'s output not shown]\n" if cut > 0 else ""
+                shown[rank] = kept_head + note + tail
+            return shown
+
+
+class _RankStream(io.TextIOBase):
+    """``sys.stdout`` (0) or ``sys.stderr`` (1) while rank threads run."""
+
+    def __init__(self, output: _ThreadOutput, index: int) -> None:
+        super().__init__()
+        self.output, self.index = output, index
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        thread = threading.current_thread()
+        if isinstance(thread, _RankThread):
+            self.output.write(thread.rank, text)
+            return len(text)
+        return self.output.saved[self.index].write(text)
+
+    def flush(self) -> None:
+        self.output.saved[self.index].flush()
+
+    def fileno(self) -> int:
+        return self.output.saved[self.index].fileno()

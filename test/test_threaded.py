@@ -330,3 +330,69 @@ def test_pytorch_dtensor_and_fsdp_bases_run_on_our_threads(runner: Runner) -> No
     wrong = reports(run.output)["TestDTensorOps.test_functional_all_reduce_wrong_expectation"]
     assert "of 4 failed: same AssertionError: Tensor-likes are not close!" in wrong
     assert wrong.count("Traceback (most recent call last)") == 1
+
+
+EXPECT_AND_PRINT = """
+import expecttest
+from distributed_testing._threaded import MultiThreadedTestCase, spawn_threads_and_init_comms
+
+
+class TestSay(MultiThreadedTestCase):
+    @property
+    def world_size(self):
+        return 4
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_threads()
+
+    def test_expect(self):
+        t = torch.ones(2)
+        dist.all_reduce(t)
+        self.assertExpectedInline(str(t.tolist()), \"\"\"\"\"\")
+
+    def test_print_then_fail(self):
+        print(f"rank {self.rank} was here")
+        if self.rank == 1:
+            print("x" * 30000)
+            raise ValueError("rank 1 gives up")
+
+
+class TestDecorated(expecttest.TestCase):
+    @spawn_threads_and_init_comms(world_size=2)
+    def test_expect_decorated(self):
+        self.assertExpectedInline(str(dist.get_world_size()), \"\"\"\"\"\")
+
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_expected_inline_is_accepted_once_for_all_rank_threads(runner: Runner) -> None:
+    path = runner.write(EXPECT_AND_PRINT)
+    run = runner.run(str(path), "-v", "TestSay.test_expect", "TestDecorated", EXPECTTEST_ACCEPT="1")
+    assert run.returncode == 0, run.output
+    text = path.read_text()
+    assert 'assertExpectedInline(str(t.tolist()), """[4.0, 4.0]""")' in text  # one edit, not four
+    assert 'assertExpectedInline(str(dist.get_world_size()), """2""")' in text
+    assert run.output.count("Accepting new output") == 2, run.output
+    again = runner.run(str(path), "-v", "TestSay.test_expect", "TestDecorated")
+    assert outcomes(again.output) == {"TestSay.test_expect": "ok", "TestDecorated.test_expect_decorated": "ok"}
+
+
+def test_rank_threads_output_is_kept_per_rank(runner: Runner) -> None:
+    path = runner.write(EXPECT_AND_PRINT)
+    run = runner.run(str(path), "-v", "TestSay.test_print_then_fail")
+    assert run.returncode == 1, run.output
+    assert "--- rank 1 output ---\n[rank 1] rank 1 was here\n" in run.output
+    assert "[rank 0] rank 0 was here" in run.output
+    assert "characters of rank 1's output not shown]" in run.output  # head and tail of 30,000 x
+    assert "rank 0 was here\nrank" not in run.output  # nothing went to the terminal unprefixed
+    live = runner.run(str(path), "TestSay.test_print_then_fail", DISTRIBUTED_TESTING_SHOW_OUTPUT="live")
+    before_report = live.stderr.split("=" * 70)[0]
+    assert "[rank 2] rank 2 was here" in before_report, live.output  # streamed as it was written
+    shown = runner.pytest(str(path), "-rA", "-k", "print_then_fail")
+    assert shown.returncode == 1, shown.output
+    assert "rank 1: failed: ValueError: rank 1 gives up" in shown.output
+    assert "rank 3: passed" in shown.output and "output:\nrank 3 was here" in shown.output
