@@ -39,6 +39,9 @@ exit codes: 0 passed, 1 a test failed, 2 bad configuration or usage, 5 no tests 
 
 example:
   python -m distributed_testing --backend gloo --world-size 4 test_x.py -v -k all_reduce
+
+shards (--shard i/n, --durations-file) are merged with:
+  python -m distributed_testing merge --json run.json --junit run.xml shard-*.json shard-*.xml
 """
 
 
@@ -80,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse options, export them, and run the file; return its exit code."""
+    """Parse options, export them, and run the file; return its exit code.
+    ``merge ...`` merges shards' records and JUnit files instead (see ``_merge``)."""
+    args_given = list(sys.argv[1:] if argv is None else argv)
+    if args_given[:1] == ["merge"] and not os.path.isfile("merge"):
+        from distributed_testing import _merge
+
+        return _merge.main(args_given[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed

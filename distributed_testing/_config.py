@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distributed_testing import _devices
+from distributed_testing import _devices, _slurm
 from distributed_testing._errors import ConfigError
 from distributed_testing._settings import (
     ENV_DEBUG_RANK,
@@ -144,13 +144,17 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_P
 
 
 def launch_info(environ: Mapping[str, str] | None = None) -> Launch | None:
-    """The launcher's variables when ``RANK`` is set (torchrun mode), else None.
+    """The launcher's variables when ``RANK`` is set (torchrun mode), or what a task of a
+    multi-task srun step stands for (:mod:`._slurm`), else None.
 
     Raises ConfigError when they are incomplete or inconsistent.
     """
     env = os.environ if environ is None else environ
     if _get(env, "RANK") is None:
-        return None
+        derived = _slurm.launch_env(env)
+        if not derived:
+            return None
+        env = {**env, **derived}
     missing = [name for name in LAUNCH_VARIABLES if _get(env, name) is None]
     example = "Example: torchrun --standalone --nproc-per-node=2 test_x.py"
     if missing:
@@ -283,7 +287,9 @@ def load_for_test(reads_backend: bool = True) -> tuple[Settings, str]:
             "BACKEND",
             value,
         )
-    return settings, f"{problem} cannot run it: it has {have}"
+    from distributed_testing._hardware import note
+
+    return settings, note(f"{problem} cannot run it: it has {have}", f"needs backend {value.strip().lower()}")
 
 
 def world_size_from_env() -> int | None:

@@ -20,6 +20,7 @@ from distributed_testing import _config, _devices, _launcher, _pool, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._guards import guard_reason
 from distributed_testing._hypothesis import is_hypothesis_test, run_examples
+from distributed_testing._retry import Retrying
 from distributed_testing._world_sizes import (
     checked_method_name,
     declared_world_size,
@@ -35,7 +36,7 @@ DEFAULT_WORLD_SIZE = 2
 _UNSET = -2  # PyTorch's "not set" value for world_size and rank
 
 
-class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
+class MultiProcContinuousTest(Retrying, TensorAssertions, expecttest.TestCase):
     """Runs every test of a class on one warm pool of ``world_size`` ranks.
 
     Class attributes: ``world_size`` (default: env ``WORLD_SIZE``, else 2),
@@ -136,6 +137,10 @@ class MultiProcContinuousTest(TensorAssertions, expecttest.TestCase):
         if pool.skip_reason is not None:
             raise unittest.SkipTest(pool.skip_reason)
         self._dt_pool = pool
+
+    def _dt_fresh_ranks(self) -> None:
+        """Before a retry: a fresh pool, whatever state the failed attempt left the last one in."""
+        _pool.discard(type(self), getattr(self, "_dt_size", 0), f"{self.id()} is retried on fresh ranks")
 
     @classmethod
     def tearDownClass(cls) -> None:

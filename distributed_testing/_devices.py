@@ -77,13 +77,18 @@ GPU_BACKENDS = ("nccl", "xccl", "hccl")
 
 
 def gpu_shortfall(backend: str, world_size: int) -> str | None:
-    """Why ``backend`` cannot run ``world_size`` ranks here (not built, too few GPUs), or None."""
+    """Why ``backend`` cannot run ``world_size`` ranks here (not built, too few GPUs), or None;
+    the reason is registered as one for lack of hardware (``_hardware``)."""
+    from distributed_testing._hardware import gpus, note
+
     if not backend_available(backend):
         have = ", ".join(available_backends()) or "none"
-        return f"needs the {backend} backend, which this torch build does not have (it has: {have})"
+        return note(f"needs the {backend} backend, which this torch build does not have (it has: {have})",
+                    f"needs backend {backend}")
     if backend not in GPU_BACKENDS:
         return None
     found = cuda_device_count()
     if found >= world_size:
         return None
-    return f"needs {world_size} CUDA devices for the {backend} backend at world size {world_size}, found {found}"
+    why = f"needs {world_size} CUDA devices for the {backend} backend at world size {world_size}, found {found}"
+    return note(why, gpus(world_size))

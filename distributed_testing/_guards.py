@@ -19,9 +19,10 @@ import unittest
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from distributed_testing import _config, _devices
+from distributed_testing import _config, _devices, _hardware
 from distributed_testing._device_query import ask_device
 from distributed_testing._errors import ConfigError
+from distributed_testing._leases import GPUS_ATTR
 
 __unittest = True
 
@@ -86,7 +87,8 @@ def _backend_guard(name: str) -> Callable[[F], F]:
     have = ", ".join(_devices.available_backends()) or "none"
     return unittest.skipUnless(
         _devices.backend_available(name),
-        f"needs the {name} backend, which this torch build does not have (it has: {have})",
+        _hardware.note(f"needs the {name} backend, which this torch build does not have (it has: {have})",
+                       f"needs backend {name}"),
     )
 
 
@@ -171,14 +173,22 @@ def skip_if_lt_x_gpu(x: int, *, allow_cpu: bool = False) -> Callable[[F], F]:
     reason = _lt_x_gpu_reason(x, counts)
     if allow_cpu and not runs:
         reason += " (allow_cpu runs it only where there is no accelerator)"
-    return unittest.skipIf(not runs, reason)
+    need = _hardware.gpus(x) if list(counts) == ["CUDA"] else _hardware.gpus(x, "accelerator")
+    skip = unittest.skipIf(not runs, _hardware.note(reason, need))
+
+    def decorate(func: F) -> F:
+        guarded = skip(func)
+        setattr(guarded, GPUS_ATTR, max(x, getattr(guarded, GPUS_ATTR, 0)))  # its device lease under xdist
+        return guarded
+
+    return decorate
 
 
 def _nccl_gpus_guard(backend: str, x: int) -> Callable[[F], F]:
     found = _devices.cuda_device_count()
     return unittest.skipIf(
         backend == "nccl" and found < x,
-        f"needs {_plural(x, 'CUDA device')} for the nccl backend, found {found}",
+        _hardware.note(f"needs {_plural(x, 'CUDA device')} for the nccl backend, found {found}", _hardware.gpus(x)),
     )
 
 
@@ -217,7 +227,7 @@ def requires_accelerator_dist_backend(backends: Sequence[str] | None = None) -> 
         found.append("hccl needs an HPU, found none")
     among = ", ".join(wanted) or "no name given"
     why = f"needs an accelerator communication backend among {among}, found none: {'; '.join(found)}"
-    return unittest.skipIf(True, why)
+    return unittest.skipIf(True, _hardware.note(why, "needs an accelerator communication backend"))
 
 
 # -- guards that ask device 0, in a fresh interpreter unless CUDA is safe here ---------
@@ -243,14 +253,15 @@ def _device_guard(reason: Callable[[], str | None]) -> Callable[[F], F]:
 def _multicast_reason() -> str | None:
     if ask_device("_device0_multicast") == "1":
         return None
-    return "needs CUDA multicast support, which device 0 does not have"
+    return _hardware.note("needs CUDA multicast support, which device 0 does not have", "needs CUDA multicast")
 
 
 def requires_multicast_support() -> Callable[[F], F]:
     """Skip unless CUDA device 0 supports multicast (symmetric memory), as PyTorch's."""
     found = _devices.cuda_device_count()
     if found == 0:
-        return unittest.skipIf(True, "needs CUDA multicast support, found no CUDA device")
+        return unittest.skipIf(True, _hardware.note("needs CUDA multicast support, found no CUDA device",
+                                                    "needs CUDA multicast"))
     return _device_guard(_multicast_reason)
 
 
@@ -294,7 +305,8 @@ def _no_gpu_reason(case: Any) -> str | None:
     found, needed = _devices.cuda_device_count(), _world_size_of(case)
     if found >= needed:
         return None
-    return f"needs a CUDA device per rank: {needed} for world size {needed}, found {found}"
+    return _hardware.note(f"needs a CUDA device per rank: {needed} for world size {needed}, found {found}",
+                          _hardware.gpus(needed))
 
 
 def _small_world_reason(case: Any) -> str | None:
@@ -334,7 +346,8 @@ def requires_world_size(n: int) -> Callable[[F], F]:
         found = _devices.cuda_device_count()
         if _backend_of(case) != "nccl" or found >= size:
             return None
-        return f"needs {size} CUDA devices for nccl at world size {size}, found {found}"
+        return _hardware.note(f"needs {size} CUDA devices for nccl at world size {size}, found {found}",
+                              _hardware.gpus(size))
 
     def decorate(func: F) -> F:
         guarded = _dynamic_guard(reason)(func)

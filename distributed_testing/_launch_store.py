@@ -133,6 +133,9 @@ class LaunchedRun:
             is_master=launch.rank == 0 and not launch.agent_store,
             timeout=timedelta(seconds=300),
             wait_for_workers=False,
+            # Without torchrun's agent store (srun), this server is at MASTER_ADDR:MASTER_PORT:
+            # env:// in rank 0's tests must share it, not fail to listen there.
+            multi_tenant=True,
         )
         self.store = dist.PrefixStore(self._prefix(), base)  # type: ignore[attr-defined]
         self._watch_store: Any = None  # the watchdog's own connection (the test's may be blocked)

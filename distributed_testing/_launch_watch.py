@@ -20,7 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from distributed_testing import _config, _launch_store, _rank, _stacks
+from distributed_testing import _config, _launch_store, _rank, _rank_where, _stacks
 from distributed_testing._launch_store import (
     ACK_WAIT,
     INTERRUPT_SIGNAL,
@@ -225,7 +225,7 @@ class Watch:
         while frame is not None and frame.f_code is not _rank.run_in_rank.__code__:
             lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno or 0} in {frame.f_code.co_name}')
             frame = frame.f_back
-        record = _rank.where_now()
+        record = _rank_where.where_now()
         if record:
             lines.insert(0, _stacks.WHERE_MARK + json.dumps(record))
         return "\n".join(lines)

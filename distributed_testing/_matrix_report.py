@@ -137,6 +137,14 @@ def _case(suite: ET.Element, path: str, test: TestRecord) -> None:
     case = ET.SubElement(suite, "testcase", classname=test.classname, name=test.name, time=f"{test.seconds:.3f}")
     if path:
         case.set("file", path)
+    if test.properties:
+        properties = ET.SubElement(case, "properties")
+        for name, value in test.properties:
+            ET.SubElement(properties, "property", name=name, value=_xml_text(value))
+    exc_type, message = test.flaky_failure
+    if message:  # Surefire's entry for a test that passed on a retry: its first failure
+        flaky = ET.SubElement(case, "flakyFailure", message=_xml_text(message.strip().split("\n")[0]), type=exc_type)
+        ET.SubElement(flaky, "stackTrace").text = _xml_text(message)
     tag = _JUNIT_TAGS.get(test.outcome)
     if not tag:
         return

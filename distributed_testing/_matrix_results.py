@@ -60,6 +60,8 @@ class TestRecord:
     message: str
     seconds: float
     ranks: tuple[RankRecord, ...] = ()  # empty when the record has no "ranks"
+    properties: tuple[tuple[str, str], ...] = ()  # JUnit's: dt_flaky, dt_attempts, dt_hardware (retries, hardware)
+    flaky_failure: tuple[str, str] = ("", "")  # a flaky test's first failure: (exception type, message)
 
     @property
     def id(self) -> str:
@@ -137,8 +139,21 @@ def _record(label: str, test: dict[str, Any]) -> TestRecord:
     classname, _, name = head.rpartition(".")
     if classname == "__main__" or classname.startswith("__main__."):
         classname = label + classname[len("__main__") :]
+    first = test.get("first_failure") if test.get("flaky") else None
+    flaky = (str(first.get("exc_type", "")), str(first.get("message", ""))) if isinstance(first, dict) else ("", "")
     return TestRecord(classname or label, name + space + params, _outcome(test.get("outcome")),
-                      str(test.get("message", "")), float(test.get("seconds", 0.0)), _ranks(test.get("ranks")))
+                      str(test.get("message", "")), float(test.get("seconds", 0.0)), _ranks(test.get("ranks")),
+                      _properties(test), flaky)
+
+
+def _properties(test: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What a record says beside the outcome (retries, hardware), as the JUnit properties pytest gives."""
+    found = [("dt_flaky", "true")] if test.get("flaky") else []
+    if isinstance(test.get("attempts"), int) and test["attempts"] > 1:
+        found.append(("dt_attempts", str(test["attempts"])))
+    if test.get("hardware"):
+        found.append(("dt_hardware", str(test["hardware"])))
+    return tuple(found)
 
 
 def _outcome(word: object) -> TestOutcome:

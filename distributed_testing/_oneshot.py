@@ -17,7 +17,7 @@ import tempfile
 import unittest
 from typing import Any
 
-from distributed_testing import _config, _janitor, _launcher, _outcomes, _output, _rank, _run
+from distributed_testing import _config, _janitor, _launcher, _lease_file, _nodes, _outcomes, _output, _rank, _run
 from distributed_testing._errors import ConfigError
 from distributed_testing._guards import guard_reason
 from distributed_testing._hypothesis import is_hypothesis_test, run_examples
@@ -93,6 +93,7 @@ def start_processes(run: TestRun, case: Any, proc: Any) -> None:
     if not os.environ.get("BACKEND"):  # else the ranks see the BACKEND the test process has
         run.rank_env.update(_config.defaulted_backend(settings.backend))
     run.debug_rank = _debug_rank(settings, run.world_size)
+    _lease_file.hold_for_test(run, case, settings)  # under pytest-xdist: wait for its ranks and devices
     run.handles = []
     for rank in range(run.world_size):
         if rank == run.debug_rank:
@@ -102,7 +103,7 @@ def start_processes(run: TestRun, case: Any, proc: Any) -> None:
             stacks_path=os.path.join(run.files_dir, f"rank{rank}.stacks"),
             test_id=run.test_id,
             stack_signal=int(_launcher.STACK_SIGNAL),
-            extra_env=run.rank_env,
+            extra_env=_nodes.rank_env(run.rank_env, rank, run.world_size, settings.nodes),
             example=run.example,
         )
         args = (cls, rank, case._current_test_name(), run.file_name)
@@ -208,7 +209,7 @@ def _run_here(run: TestRun, case: Any, rank: int) -> _outcomes.RankView:
     """Run one rank of this test in this process, so breakpoint() and pdb work in it."""
     here = type(case)(case._testMethodName)
     here.rank, here.file_name = rank, run.file_name
-    with _config.environ_set(run.rank_env):
+    with _config.environ_set(_nodes.rank_env(run.rank_env, rank, run.world_size, _settings(run, case).nodes)):
         result = _rank.run_in_rank(here, rank, here._rank_setup, here._rank_teardown)
         if here.destroy_pg_upon_exit:
             _rank.destroy_default_group()
@@ -241,6 +242,8 @@ def stop(run: TestRun) -> None:
     _launcher.stop_ranks(run.handles)
     _launcher.close(run.handles)
     run.handles = []
+    _lease_file.release(run.lease)  # the ranks are reaped: another test may have them
+    run.lease = None
 
 
 def cleanup(run: TestRun) -> None:

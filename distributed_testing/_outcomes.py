@@ -176,7 +176,8 @@ def _classify(view: RankView, expected_code: int | None, ignore_codes: bool, tim
     if result is not None and result.status == EXITED:
         if ignore_codes or result.exit_code == expected_code:
             return report(PASSED)
-        return report(FAILED, f"the test called sys.exit({result.exit_code})", exc_type="SystemExit")
+        where = "\n\n".join(e.traceback for e in result.errors)  # where it called sys.exit
+        return report(FAILED, f"the test called sys.exit({result.exit_code})", exc_type="SystemExit", traceback=where)
     if result is not None and result.status == SKIPPED:
         return report(SKIPPED, result.reason)
     if view.stopped:

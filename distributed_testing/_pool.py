@@ -19,10 +19,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from distributed_testing import _config, _janitor, _launcher, _outcomes, _output, _pool_worker, _run
+from distributed_testing import (
+    _config,
+    _janitor,
+    _launcher,
+    _lease_file,
+    _nodes,
+    _outcomes,
+    _output,
+    _pool_worker,
+    _run,
+)
 from distributed_testing._errors import RankFailure
 from distributed_testing._launcher import RankHandle, WaitOutcome
-from distributed_testing._outcomes import RankView
+from distributed_testing._outcomes import RankView, signal_name
 from distributed_testing._protocol import ERROR, FAILED, PoolReady, RankContext
 
 __unittest = True
@@ -42,23 +52,30 @@ class RankPool:
         self.world_size = world_size
         self.healthy = True
         self.skip_reason: str | None = None
+        env = dict(env)  # under pytest-xdist: wait for the pool's ranks and devices, held until it closes
+        self.lease = _lease_file.hold_for_pool(cls, world_size, env, _make_room)
         self.dir = tempfile.mkdtemp(prefix=f"dt-pool-{cls.__name__}-")
         _janitor.register(self.dir)
         file_name = os.path.join(self.dir, "rendezvous")
         proc = _launcher.process_class(method, cls.__module__)
         self.handles: list[RankHandle] = []
         self.offsets: list[int] = []  # where each rank's output of the last test begins
-        for rank in range(world_size):
-            ctx = RankContext(
-                output_path=os.path.join(self.dir, f"rank{rank}.out"),
-                stacks_path=os.path.join(self.dir, f"rank{rank}.stacks"),
-                test_id=f"{cls.__qualname__} pool",
-                stack_signal=int(_launcher.STACK_SIGNAL),
-                extra_env=env,
-            )
-            args = (cls, rank, world_size, file_name)
-            self.handles.append(_launcher.start_rank(proc, _pool_worker.pool_main, args, rank, ctx))
-        self._await_ready(timeout)
+        nodes = _config.load().nodes  # simulated nodes: each rank's LOCAL_RANK, GROUP_RANK, ...
+        try:
+            for rank in range(world_size):
+                ctx = RankContext(
+                    output_path=os.path.join(self.dir, f"rank{rank}.out"),
+                    stacks_path=os.path.join(self.dir, f"rank{rank}.stacks"),
+                    test_id=f"{cls.__qualname__} pool",
+                    stack_signal=int(_launcher.STACK_SIGNAL),
+                    extra_env=_nodes.rank_env(env, rank, world_size, nodes),
+                )
+                args = (cls, rank, world_size, file_name)
+                self.handles.append(_launcher.start_rank(proc, _pool_worker.pool_main, args, rank, ctx))
+            self._await_ready(timeout)
+        except BaseException:  # a rank that could not start, or Ctrl-C: nothing of the pool may stay
+            self.close()
+            raise
 
     @property
     def pids(self) -> list[int]:
@@ -68,14 +85,16 @@ class RankPool:
         deadline = time.monotonic() + timeout
         pending = list(self.handles)
         while pending and time.monotonic() < deadline:
-            waitables = [h.conn for h in pending] + [h.process.sentinel for h in pending]
+            waitables = [h.conn for h in pending if not h.conn.closed] + [h.process.sentinel for h in pending]
             multiprocessing.connection.wait(waitables, timeout=deadline - time.monotonic())
             for handle in pending:
                 handle.receive()
             pending = [h for h in pending if not _ready_of(h) and h.exitcode is None]
+            if pending and any(_ready_of(h) is None and h.exitcode is not None for h in self.handles):
+                # A rank died starting: the others wait for it in the rendezvous; a moment, then stop.
+                deadline = min(deadline, time.monotonic() + _launcher.FAILURE_GRACE)
         problems = self._start_problems(timeout)
         if problems:
-            self.close()
             raise RankFailure(
                 f"the {self.cls.__name__} pool of {self.world_size} ranks did not start:\n" + "\n".join(problems)
             )
@@ -90,9 +109,14 @@ class RankPool:
                 error = ready.error
                 problems.append(f"rank {handle.rank}: {error.exc_type}: {error.message}\n{error.traceback}")
             elif ready is None and handle.exitcode is not None:
-                problems.append(f"rank {handle.rank} exited with code {handle.exitcode} while starting")
+                code = handle.exitcode
+                how = f"died with {signal_name(code)}" if code < 0 else f"exited with code {code}"
+                output = _launcher.read_output(handle.output_path, rank=handle.rank).rstrip()
+                problems.append(f"rank {handle.rank} {how} while starting" + (f":\n{output}" if output else ""))
             elif ready is None:
-                problems.append(f"rank {handle.rank} was not ready after {timeout:g} s")
+                died = any(_ready_of(h) is None and h.exitcode is not None for h in self.handles)
+                why = "stopped while it waited for its peers" if died else f"was not ready after {timeout:g} s"
+                problems.append(f"rank {handle.rank} {why}")
         return problems
 
     def run(
@@ -165,9 +189,17 @@ class RankPool:
         _launcher.stop_ranks(self.handles)
         _launcher.close(self.handles)
         self.handles = []
+        _lease_file.release(self.lease)
         shutil.rmtree(self.dir, ignore_errors=True)
         _janitor.unregister(self.dir)
 
+
+
+def _make_room() -> None:
+    """Close this process's warm pools (idle: a test is starting another), so that a new pool
+    need not wait for them under the rank budget."""
+    for key in [k for k, pool in _pools.items() if isinstance(pool, RankPool)]:
+        discard(*key, why="another pool needs its ranks under the rank budget")
 
 
 def _ready_of(handle: RankHandle) -> PoolReady | None:

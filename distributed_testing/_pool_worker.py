@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from distributed_testing import _rank
+from distributed_testing import _rank, _rank_where
 from distributed_testing._protocol import FAILED, SKIPPED, PoolReady, RankContext, RankResult
 from distributed_testing._skips import reason_for_exit_code
 
@@ -47,7 +47,7 @@ def pool_main(cls: Any, rank: int, world_size: int, file_name: str, conn: Any, c
         test_name, _rank.current_example = message
         result = _run_one(cls, rank, world_size, test_name, ready)
         healthy = baseline.restore()
-        conn.send(_with_health(result, healthy, _rank.default_group_sequence()))
+        conn.send(_with_health(result, healthy, _rank_where.default_group_sequence()))
         _rank.flush()
     _leave()
 

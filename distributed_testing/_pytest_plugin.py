@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from distributed_testing import _log
+from distributed_testing import _log, _slurm
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
 from distributed_testing._settings import ENV_SHOW_OUTPUT, SETTINGS, SHOW_LIVE, plain
 
@@ -25,11 +25,13 @@ MARKER = "world_size"
 _SAVED = pytest.StashKey[dict[str, str | None]]()  # the variables' values before pytest_configure
 _LOGGING = pytest.StashKey[bool]()  # whether pytest_configure added the library's log handler
 # The plugin's parts for running at scale, one module per concern, registered at configure:
-# the rank budget and device leases under pytest-xdist, shards, retries and hardware accounting.
+# the rank budget and device leases under pytest-xdist, shards, retries and hardware accounting,
+# the JSON record (--dt-report).
 PARTS = (
     "distributed_testing._pytest_budget",
     "distributed_testing._pytest_shard",
     "distributed_testing._pytest_retries",
+    "distributed_testing._pytest_record",
 )
 
 
@@ -56,6 +58,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if value is not None:
             given[setting.variable] = ("1" if value else "0") if setting.switch else str(value)
     checked = bool(given)  # only what the options set is the session's to validate
+    try:  # a task of an srun step is a launched rank: export what torchrun would have set
+        given.update(_slurm.launch_env(os.environ))
+    except ConfigError:
+        pass  # a usage error once distributed tests are collected, not for every pytest run under srun
     if config.getoption("capture", None) == "no" and not os.environ.get(ENV_SHOW_OUTPUT):
         given.setdefault(ENV_SHOW_OUTPUT, SHOW_LIVE)  # -s: the ranks' output streams as pytest's own does
     config.stash[_SAVED] = {name: os.environ.get(name) for name in given}
@@ -131,6 +137,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
         try:
             settings = _config.load()
+            _config.launch_info()  # torchrun's or srun's variables, complete
         except ConfigError as exc:  # as python file.py: a usage error before any test runs
             raise pytest.UsageError(from_option(exc)) from None
         if settings.debug_rank is not None:

@@ -6,10 +6,8 @@ the runner or the parent-side launcher.
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import faulthandler
-import json
 import os
 import random
 import signal
@@ -21,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from distributed_testing import _log, _process, _stacks
+from distributed_testing import _log, _process, _rank_where
 from distributed_testing._errors import ConfigError
 from distributed_testing._protocol import (
     EXITED,
@@ -87,7 +85,7 @@ def prepare_process(ctx: RankContext, rank: int) -> None:
     except ConfigError:
         pass  # the parent checked the setting; a rank never stops for it
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    _register_stack_dump(ctx.stacks_path, ctx.stack_signal)
+    _rank_where.register_stack_dump(ctx.stacks_path, ctx.stack_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked rank may inherit the runner's handler
     os.environ.update(ctx.extra_env)
@@ -135,81 +133,6 @@ def destroy_default_group() -> None:
             dist.destroy_process_group()
         except Exception:
             pass
-
-
-def _register_stack_dump(path: str, signum: int) -> None:
-    """On ``signum``, write every thread's stack to ``path``; works inside C++ calls.
-
-    And answer the parent's "where are you" (a byte in the FIFO ``_stacks.ask_path``)
-    with the where record (``where_now``) and the stacks (``_stacks.write_answer``): a
-    thread blocked in ``read`` costs nothing until asked, and runs while the main thread
-    waits in a collective (c10d releases the GIL there), where no Python signal handler
-    would run. A bare thread: starting it does not wait for it to run, and
-    ``threading.enumerate()`` does not list it.
-    """
-    stacks = open(path, "w")  # kept open for the life of the rank
-    faulthandler.register(signum, file=stacks, all_threads=True, chain=False)
-    ask = _stacks.ask_path(path)
-    try:
-        try:
-            os.mkfifo(ask, 0o600)
-        except FileExistsError:  # a path used before (each test's ranks normally get new ones)
-            for stale in (ask, _stacks.where_path(path)):
-                if os.path.lexists(stale):
-                    os.unlink(stale)
-            os.mkfifo(ask, 0o600)
-        fd = os.open(ask, os.O_RDWR)  # read and write: a read never sees end-of-file
-    except OSError:
-        return  # no helper: the parent, unable to ask (ask_where), sends the stack signal at once
-    _thread.start_new_thread(_answer_where_requests, (fd, path))
-
-
-def _answer_where_requests(fd: int, stacks_path: str) -> None:
-    """The helper thread: for each byte the parent writes, write the where record and stacks."""
-    while True:
-        try:
-            if not os.read(fd, 64):
-                return
-            _stacks.write_answer(stacks_path, where_now())
-        except Exception:  # never let the thread print into the rank's output
-            return
-
-
-def where_now() -> dict[str, Any]:
-    """Where this rank's default process group is: its sequence number (the collectives
-    it ran, the running one included) and what c10d's flight recorder saw of it; {}
-    without a group. Never imports torch: a test that did not use it has no group."""
-    dist = sys.modules.get("torch.distributed")
-    try:
-        if dist is None or not dist.is_available() or not dist.is_initialized():
-            return {}
-        group = dist.distributed_c10d._get_default_group()
-        backend = str(dist.get_backend(group))
-    except Exception:  # the main thread is making or destroying the group
-        return {}
-    record: dict[str, Any] = {"sequence": default_group_sequence(), "backend": backend}
-    try:
-        from torch._C import _distributed_c10d as c10d
-
-        dump = getattr(c10d, "_dump_nccl_trace_json", None) if backend == "nccl" else None
-        dump = dump or getattr(c10d, "_dump_fr_trace_json", None)
-        if dump is not None:  # collectives, only the active ones (not retired)
-            found = json.loads(dump(True, True))
-            record["flight"] = _stacks.flight_record(found, str(group.group_name), backend == "nccl")
-    except Exception:  # no recorder for this backend, or one this torch dumps differently
-        pass
-    return record
-
-
-def default_group_sequence() -> int:
-    """How many collectives the default group has run (-1: no group, or a backend that
-    does not count): ranks in step agree on it."""
-    import torch.distributed as dist
-
-    try:
-        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())  # type: ignore[attr-defined]
-    except Exception:
-        return -1
 
 
 GROUP_TIMEOUT_MARGIN = 10.0  # seconds, at least, that a library-made group's timeout exceeds the deadline
@@ -276,6 +199,7 @@ class _Collector(unittest.TestResult):
         self.error_infos: list[ErrorInfo] = []
         self.skip_reason: str | None = None
         self.exit_status: int | None = None
+        self.exit_info: ErrorInfo | None = None  # the traceback of that sys.exit
         self.phase = ""  # the rank hook running now, named in its errors
         self.failed_at = 0.0  # when the first error was recorded
 
@@ -283,6 +207,8 @@ class _Collector(unittest.TestResult):
         exc = err[1]
         if isinstance(exc, SystemExit):
             self._system_exit(exc)
+            if self.exit_status is not None and self.exit_info is None:  # where the test called sys.exit
+                self.exit_info = format_error(exc, self.phase, err, self, test)
         else:
             self._note_time()
             self._error(format_error(exc, self.phase, err, self, test))
@@ -440,7 +366,8 @@ def _result_of(collector: _Collector, rank: int, duration: float) -> RankResult:
             rank, pid, FAILED, errors, exit_code=TEST_ERROR_EXIT_CODE, duration=duration, failed_at=collector.failed_at
         )
     if collector.exit_status is not None:
-        return RankResult(rank, pid, EXITED, exit_code=collector.exit_status, duration=duration)
+        where = (collector.exit_info,) if collector.exit_info is not None else ()
+        return RankResult(rank, pid, EXITED, where, exit_code=collector.exit_status, duration=duration)
     if collector.skip_reason is not None:
         reason = collector.skip_reason
         return RankResult(rank, pid, SKIPPED, reason=reason, exit_code=skip_exit_code(reason), duration=duration)

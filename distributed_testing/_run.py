@@ -15,10 +15,11 @@ import unittest
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from distributed_testing import _config, _expect
+from distributed_testing import _config, _expect, _hardware
 from distributed_testing._errors import RankAssertionError, RankFailure
 from distributed_testing._outcomes import Outcome, RankView
 from distributed_testing._protocol import ERROR, FAILED, PASSED, SKIPPED
+from distributed_testing._settings import ENV_NODES
 
 __unittest = True
 
@@ -55,6 +56,7 @@ class TestRun:
     example: Any = None  # hypothesis: the example the ranks run now
     run_dir: str | None = None  # hypothesis: this example's files, inside ``directory``
     launch_key: str | None = None  # torchrun mode: this test's key, the same on every rank
+    lease: Any = None  # _lease_file.Lease: its ranks and devices under pytest-xdist, until the ranks stop
 
     @property
     def files_dir(self) -> str:
@@ -76,7 +78,7 @@ def raise_outcome(case: unittest.TestCase, outcome: Outcome, views: list[RankVie
     case._dt_outcome = outcome  # type: ignore[attr-defined]
     error: BaseException
     if outcome.kind == SKIPPED:
-        error = unittest.SkipTest(outcome.message)
+        error = unittest.SkipTest(_hardware.outcome_reason(outcome))  # a rank's lack of hardware stays known
     elif outcome.kind == FAILED:
         error = RankAssertionError(outcome.message)
     elif outcome.kind == ERROR:
@@ -94,6 +96,8 @@ def rerun_command(case: unittest.TestCase, settings: _config.Settings | None = N
         env = f"BACKEND={settings.backend} WORLD_SIZE={world_size} "
         if settings.start_method:
             env += f"{_config.ENV_START_METHOD}={settings.start_method} "
+        if settings.nodes > 1:  # simulated nodes: a test may fail only with them
+            env += f"{ENV_NODES}={settings.nodes} "
     try:
         path = os.path.relpath(inspect.getsourcefile(type(case)) or "")
     except (TypeError, ValueError):

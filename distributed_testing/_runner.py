@@ -9,6 +9,7 @@ argument handling, and turns the run into an exit code: 0 all passed,
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import os
 import shutil
@@ -19,9 +20,9 @@ import unittest
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from distributed_testing import _config, _janitor, _log
+from distributed_testing import _config, _janitor, _log, _shard, _slurm
 from distributed_testing._errors import ConfigError
-from distributed_testing._record import RecordingResult, write_report
+from distributed_testing._record import RecordingResult, RecordingRunner, write_report
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NO_TESTS", "EXIT_OK", "EXIT_USAGE", "main", "run_tests"]
 
@@ -41,11 +42,15 @@ def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module:
     strict = strict_env or STRICT_FLAG in args
     args = [a for a in args if a != STRICT_FLAG]
     try:
+        # A task of an srun step is a launched rank: export what torchrun would have set.
+        os.environ.update(_slurm.launch_env(os.environ))
         settings = _config.load(strict=strict)
         launch = _config.launch_info()
     except ConfigError as exc:
         return _usage_error(str(exc))
     _log.configure_logging(settings)
+    if launch is not None:  # a rank of torchrun (or srun): a crash shows where, as one-shot ranks do
+        faulthandler.enable(file=sys.stderr, all_threads=True)
     with _environment(settings) as note, interruptible():
         if note and (launch is None or launch.rank == 0):
             print(note, file=sys.stderr, flush=True)
@@ -55,12 +60,15 @@ def main(argv: Sequence[str] | None = None, *, strict_env: bool = False, module:
             from distributed_testing import _run
 
             where = f" in {_run.running_test}" if _run.running_test else ""
-            print(f"{_config.script_name()}: interrupted{where}; every rank was stopped", file=sys.stderr)
+            if launch is not None:  # torchrun stops every rank when one of them dies
+                print(f"{_config.script_name()}: rank {launch.rank} was stopped{where}", file=sys.stderr)
+            else:
+                print(f"{_config.script_name()}: interrupted{where}; every rank was stopped", file=sys.stderr)
             return EXIT_INTERRUPTED
     code = _exit_code(program)
     if settings.report_path:
         records = program.result.records if isinstance(program.result, RecordingResult) else []
-        write_report(settings.report_path, records, code)
+        write_report(settings.report_path, records, code, shard=settings.shard)
     return code
 
 
@@ -150,8 +158,9 @@ def _iter_tests(suite: Any) -> Iterator[unittest.TestCase]:
         yield suite
 
 
-class _Runner(unittest.TextTestRunner):
-    """unittest's text runner, keeping a record of each test for the JSON report."""
+class _Runner(RecordingRunner):
+    """unittest's text runner, keeping a record of each test for the JSON report (and counting
+    flaky tests and tests not run for lack of hardware in its summary)."""
 
     resultclass = RecordingResult
 
@@ -172,13 +181,19 @@ class _Program(unittest.TestProgram):
     def runTests(self) -> None:  # noqa: N802
         tests = list(_iter_tests(self.test))  # type: ignore[attr-defined]
         given = list(self.testNames or [])  # type: ignore[attr-defined]
-        self.usage_error = _check_names(tests, self.module, given) or _check_world_sizes(tests)
+        self.usage_error = _check_names(tests, self.module, given)
+        if not self.usage_error:
+            try:  # this machine's shard of the selection (DISTRIBUTED_TESTING_SHARD)
+                tests, self.empty_reason = _shard.select_unittest(self.test, tests, self.module)  # type: ignore[attr-defined]
+            except ConfigError as exc:
+                self.usage_error = str(exc)
+        self.usage_error = self.usage_error or _check_world_sizes(tests)
         if self.usage_error:
             self.result = None  # type: ignore[assignment]
             return
         if not tests:
             self.result = None  # type: ignore[assignment]
-            self.empty_reason = _empty_reason(self.module, getattr(self, "testNamePatterns", None))
+            self.empty_reason = self.empty_reason or _empty_reason(self.module, getattr(self, "testNamePatterns", None))
             return
         from distributed_testing import _forkserver
 

@@ -221,8 +221,7 @@ SETTINGS: tuple[Setting, ...] = (
         example="0",
     ),
     Setting(
-        variable=ENV_REPORT, field="report_path", option="--report",
-        pytest_option=None,  # run_tests() writes this record; pytest has --junitxml
+        variable=ENV_REPORT, field="report_path", option="--report", pytest_option="--dt-report",
         parse=parse_path,
         values="a file path",
         default="off",

@@ -177,6 +177,12 @@ def summarize_stacks(text: str, record: dict[str, Any] | None = None) -> str:
     name = _callee(*inner) if inner is user else inner[2]
     if sequence < 0:
         return f"in {name} at {where}{_flight_note(record, in_collective)}"
+    subgroup = record.get("group") if in_collective else None
+    if subgroup:  # a collective of another group: its own count, and the default group's
+        ranks = ", ".join(map(str, subgroup.get("ranks", ())))
+        number = subgroup.get("sequence", -1)
+        after = f"(after collective #{sequence} of the default group)"
+        return f"in {name} (collective #{number} of the group of ranks {ranks}) at {where} {after}"
     if in_collective:
         return f"in {name} (collective #{sequence} of the default group) at {where}"
     return f"in {name} at {where} (after collective #{sequence}){_flight_note(record, False)}"

@@ -17,6 +17,7 @@ import expecttest
 from distributed_testing import _config, _oneshot, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._errors import ConfigError
+from distributed_testing._retry import Retrying
 from distributed_testing._run import TestRun
 from distributed_testing._world_sizes import checked_method_name, expand_world_sizes
 
@@ -27,7 +28,7 @@ __all__ = ["DistributedTestBase", "MultiProcessTestCase"]
 DEFAULT_WORLD_SIZE = 4  # as PyTorch's MultiProcessTestCase
 
 
-class MultiProcessTestCase(TensorAssertions, expecttest.TestCase):
+class MultiProcessTestCase(Retrying, TensorAssertions, expecttest.TestCase):
     """Runs each ``test_*`` method in ``world_size`` rank processes.
 
     ``setUp`` must call ``self._spawn_processes()``; the method then runs in

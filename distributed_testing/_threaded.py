@@ -38,6 +38,7 @@ from distributed_testing import _config, _expect, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._guards import guard_reason
 from distributed_testing._protocol import FAILED, PASSED, SKIPPED, RankResult
+from distributed_testing._retry import Retrying
 from distributed_testing._threaded_run import ThreadedRun, c10d_module, current_run, join_threads
 from distributed_testing._world_sizes import checked_method_name, expand_world_sizes, required_world_size
 
@@ -62,7 +63,7 @@ def _method_name(cls: type, method_name: str, methodName: str) -> str:  # noqa: 
     return name
 
 
-class MultiThreadedTestCase(TensorAssertions):
+class MultiThreadedTestCase(Retrying, TensorAssertions):
     """Runs each ``test_*`` method in ``world_size`` rank threads of this process.
 
     As PyTorch's: ``setUp`` must call ``self._spawn_threads()``; every thread has

@@ -66,6 +66,7 @@ def drive(run: TestRun, case: Any, fn: Any) -> None:
     watch = Watch(launched, key, case.id(), run.timeout)
     watch.start()
     result = None
+    _run.running_test = case.id()  # named if the launcher stops this rank
     try:
         set_up, tear_down = watch.hook("setUp", here._rank_setup), watch.hook("tearDown", here._rank_teardown)
         result = _rank.run_in_rank(here, here.rank, set_up, tear_down, on_stop=watch.on_stop)
@@ -81,6 +82,7 @@ def drive(run: TestRun, case: Any, fn: Any) -> None:
         results = launched.exchange(key, result, until)
         stop, stacks = launched.stop_of(key), launched.stacks_of(key)
         launched.note_gone()
+        _run.running_test = ""
     except KeyboardInterrupt:
         _interrupted(launched, run)
         raise

@@ -170,8 +170,9 @@ def class_world_size(case: Any) -> int:
 def zero_world_size_reason(case: Any) -> str:
     """Why a test whose class's world size is 0 skips, with the likely cause."""
     from distributed_testing import _devices
+    from distributed_testing._hardware import gpus, note
 
-    cause = ""
-    if _devices.cuda_device_count() == 0:
-        cause = ": torch.cuda.device_count() is 0 here"
-    return f"{type(case).__name__}.world_size is 0{cause}; no rank to run"
+    if _devices.cuda_device_count() == 0:  # a world size from the device count: for lack of GPUs
+        return note(f"{type(case).__name__}.world_size is 0: torch.cuda.device_count() is 0 here; no rank to run",
+                    gpus(1))
+    return f"{type(case).__name__}.world_size is 0; no rank to run"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -27,16 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BUDGET_S = 420.0  # the whole run, at --timeout-scale 1
+BUDGET_S = 480.0  # the whole run, at --timeout-scale 1
 HEADER = """\
 import os, sys, time, unittest
 import torch, torch.distributed as dist
 from distributed_testing import *
+class Spawning(MultiProcessTestCase):  # ranks start in setUp, as PyTorch's tests write it
+    def setUp(self): super().setUp(); self._spawn_processes()
 """
 FOOTER = '\n\n\nif __name__ == "__main__":\n    run_tests()\n'
 # The outer environment's configuration must not leak into the files under test.
 SCRUB = ("BACKEND", "WORLD_SIZE", "TEMP_DIR", "INIT_METHOD", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
          "PYTHONWARNINGS", "PYTEST_ADDOPTS", "TORCH_DIST_INIT_BARRIER")
+# The one GPU of every check (the skip messages and device maps expect a count of 1): the first outer one.
+ONE_GPU = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
 SPAWN_WARNING = "CUDA is initialised in this process, so ranks start with spawn instead of fork"
 PROBE = """
 import json, sys
@@ -69,6 +74,7 @@ class Run:
     text: str  # the test file as written
     left_processes: list[str] = field(default_factory=list)
     left_files: list[str] = field(default_factory=list)
+    workdir: Path = Path()  # the check's directory: its test_x.py and what the test wrote there
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class Check:
     timeout: float
     judge: Callable[[Run], tuple[str, list[str]]]  # -> (what we got, what missed)
     env: tuple[tuple[str, str], ...] = ()
+    argv: tuple[str, ...] = ("test_x.py", "-v")  # after ``python``
+    requires: str = ""  # a module the check needs (else SKIP)
 
 
 _START = re.compile(r"^(test\w*) \(([\w.]+)\) \.\.\. ", re.M)
@@ -150,29 +158,18 @@ def judge_hang(run: Run) -> tuple[str, list[str]]:
 
 SPAWN = """
 torch.cuda.init()  # CUDA initialised in the test process before any test runs
-
-
-class TestSpawn(MultiProcessTestCase):
+class TestSpawn(Spawning):
     world_size = 1
-
-    def setUp(self):
-        super().setUp(); self._spawn_processes()
-
     def test_cuda_in_rank(self):
         # A forked copy of an initialised CUDA context cannot run this; a spawned rank can.
         self.assertEqual(torch.ones(4, device="cuda").sum().item(), 4.0)
-
     def test_again(self):  # the warning is said once per process, not per test
         self.assertEqual(torch.cuda.device_count(), 1)
 """
 
 NCCL_MULTIPROCESS = """
-class TestNccl(MultiProcessTestCase):
+class TestNccl(Spawning):
     world_size = 1
-
-    def setUp(self):
-        super().setUp(); self._spawn_processes()
-
     @requires_nccl()
     def test_all_reduce(self):
         torch.cuda.set_device(0)
@@ -186,11 +183,8 @@ class TestNccl(MultiProcessTestCase):
 
 NCCL_DTENSOR = """
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
-
-
 class TestDTensor(DTensorTestBase):
     world_size = 1
-
     @with_comms
     def test_dtensor_op(self):
         self.assertEqual(self.device_type, "cuda")
@@ -207,18 +201,15 @@ class TestDTensor(DTensorTestBase):
 NCCL_CONTINUOUS = """
 class TestPool(MultiProcContinuousTest):
     world_size = 1
-
     @classmethod
     def backend_str(cls):
         return "nccl"
-
     def test_1_all_reduce(self):
         self.assertEqual(dist.get_backend(), "nccl")
         self.assertEqual(self.device_type(), "cuda")
         t = torch.full((4,), 2.0, device="cuda")
         dist.all_reduce(t)
         torch.testing.assert_close(t.cpu(), torch.full((4,), 2.0))
-
     def test_2_same_group(self):
         dist.barrier()
         t = torch.ones(2, device="cuda")
@@ -227,28 +218,19 @@ class TestPool(MultiProcContinuousTest):
 """
 
 SKIPS = """
-class TestSkips(MultiProcessTestCase):
+class TestSkips(Spawning):
     world_size = 1
-
-    def setUp(self):
-        super().setUp(); self._spawn_processes()
-
     @skip_if_lt_x_gpu(2)
     def test_two_gpus(self): pass
-
     @requires_nccl_version((99, 0), "why")
     def test_nccl_99(self): pass
-
     def test_runs(self):  # ranks still fork: the guards did not initialise CUDA
         self.assertEqual(torch.cuda.device_count(), 1)
-
-
 print("CUDA initialised after the guards:", torch.cuda.is_initialized(), flush=True)"""
 
 CREATE_PG = """
 class TestCreatePg(DistributedTestBase):
     world_size = 1
-
     def test_create_pg(self):
         pg = self.create_pg("cuda")
         self.assertEqual(self.backend("cuda"), "nccl")
@@ -265,12 +247,8 @@ class TestCreatePg(DistributedTestBase):
 # C++ creating the communicator (ncclCommInitRank waits for rank 1; init is lazy, so init_process_group
 # returns). synchronize() shares the line in case the collective is only enqueued and waits on the GPU.
 HANG = """
-class TestHang(MultiProcessTestCase):
+class TestHang(Spawning):
     world_size = 2
-
-    def setUp(self):
-        super().setUp(); self._spawn_processes()
-
     def test_hang(self):
         if self.rank == 1:
             time.sleep(600)
@@ -279,6 +257,31 @@ class TestHang(MultiProcessTestCase):
         t = torch.ones(4, device="cuda:0")
         dist.all_reduce(t); torch.cuda.synchronize()
 """
+
+# pytest -n 2, two tests that need the one GPU: each leases it in turn; its rank sees the outer device.
+LEASE = """
+from pathlib import Path
+class TestLease(Spawning):
+    world_size = 1
+    def hold(self):
+        began = time.time(); t = torch.ones(4, device="cuda"); time.sleep(2); t.sum().item()
+        Path(__file__).with_name(self.id()).write_text(f"{began} {time.time()} {os.environ['CUDA_VISIBLE_DEVICES']}")
+    test_a = test_b = skip_if_lt_x_gpu(1)(hold)
+"""
+
+
+def judge_lease(run: Run) -> tuple[str, list[str]]:
+    passed = sorted(re.findall(r"\bPASSED \S*::TestLease::(test_\w+)", run.output))  # xdist's -v lines
+    held = [p.read_text().split(" ", 2) for p in sorted(run.workdir.glob("test_x.TestLease.*"))]
+    missed = [] if run.returncode == 0 else [f"exit code {run.returncode}, expected 0"]
+    if passed != ["test_a", "test_b"] or len(held) != 2:
+        missed.append(f"passed {passed}, {len(held)} of 2 tests recorded their lease")
+    elif float(held[0][0]) < float(held[1][1]) and float(held[1][0]) < float(held[0][1]):
+        missed.append(f"the two tests held the GPU at once: {held}")
+    if any(h[2] != ONE_GPU for h in held):
+        missed.append(f"a rank's CUDA_VISIBLE_DEVICES was {[h[2] for h in held]}, expected {ONE_GPU!r}")
+    return f"exit {run.returncode}; passed {passed}; devices {[h[2] for h in held]}", missed
+
 
 CHECKS = (
     Check("cuda_init_spawn", f"exit 0; 2 ok; RuntimeWarning '{SPAWN_WARNING}' once", SPAWN, 75, judge_spawn),
@@ -294,6 +297,9 @@ CHECKS = (
           passes("TestCreatePg.test_create_pg")),
     Check("nccl_hang_stacks", "exit 1; ERROR 'timed out after 20 s'; 'rank 0: in all_reduce at test_x.py:N'; stacks",
           HANG, 80, judge_hang, (("DISTRIBUTED_TESTING_TIMEOUT", "20"),)),
+    Check("xdist_device_lease", "exit 0; pytest -n 2: 2 ok, one GPU leased in turn, CUDA_VISIBLE_DEVICES its own",
+          LEASE, 120, judge_lease, argv=("-m", "pytest", "-p", "no:cacheprovider", "-v", "-n", "2",
+                                         "--basetemp=basetemp", "test_x.py"), requires="xdist"),
 )
 NAMES = [c.name for c in CHECKS]
 
@@ -316,8 +322,7 @@ def child_env(scratch: Path, extra: tuple[tuple[str, str], ...], timeout: float)
     env = {k: v for k, v in os.environ.items() if k not in SCRUB and not k.startswith("DISTRIBUTED_TESTING_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env["TMPDIR"] = str(scratch)
-    # One GPU for every check: the skip messages and device maps expect a count of 1.
-    env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    env["CUDA_VISIBLE_DEVICES"] = ONE_GPU
     env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch.parent / "inductor")  # torch's cache, not a leftover of ours
     env.setdefault("NCCL_DEBUG", "WARN")
     env["DISTRIBUTED_TESTING_TIMEOUT"] = str(max(10, int(timeout / 2)))  # a hang reports before we kill it
@@ -332,7 +337,7 @@ def run_check(check: Check, root: Path, timeout: float) -> Run:
     text = HEADER + textwrap.dedent(check.body).rstrip("\n") + FOOTER
     (workdir / "test_x.py").write_text(text)
     env = child_env(scratch, check.env, timeout)
-    proc = subprocess.Popen([sys.executable, "test_x.py", "-v"], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, *check.argv], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     code: int | None = None
     try:
@@ -346,7 +351,7 @@ def run_check(check: Check, root: Path, timeout: float) -> Run:
         proc.wait()
         raise
     (workdir / "output.txt").write_text(output)
-    run = Run(code, output, text)
+    run = Run(code, output, text, workdir=workdir)
     settle = time.monotonic() + 10  # helpers exit a moment after the run
     while live_processes(str(scratch)) and time.monotonic() < settle:
         time.sleep(0.1)
@@ -409,28 +414,20 @@ def how_to_run(problem: str) -> str:
             f"\nor with the project's venv: .venv/bin/python tools/gpu_check.py ({REPO} goes on PYTHONPATH itself)")
 
 
-def clip(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def print_table(rows: list[Row]) -> None:
     headers = ("check", "expected", "got", "result", "seconds")
-    cells = [(r.check, clip(r.expected), clip(r.got), r.result, f"{r.seconds:.1f}") for r in rows]
+    clip = [(t if len(t) <= 60 else t[:57] + "...") for r in rows for t in (r.expected, r.got)]
+    cells = [(r.check, *clip[2 * i : 2 * i + 2], r.result, f"{r.seconds:.1f}") for i, r in enumerate(rows)]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     line = "  ".join("-" * w for w in widths)
-    print()
-    for c in (headers, *cells):
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
-        if c is headers:
-            print(line)
-    print(line)
+    text = ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip() for c in (headers, *cells)]
+    print("\n" + "\n".join([text[0], line, *text[1:], line]))
 
 
 def print_misses(rows: list[Row]) -> None:
     for row in (r for r in rows if r.result == "FAIL"):
         print(f"\n=== {row.check}: FAIL ===\nexpected: {row.expected}\ngot:      {row.got}")
-        for why in row.missed:
-            print(f"  - {why}")
+        print("".join(f"  - {why}\n" for why in row.missed), end="")
         if row.output:
             print("--- the run's output (last 60 lines) ---\n" + "\n".join(row.output.splitlines()[-60:]))
 
@@ -439,7 +436,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these checks: {', '.join(NAMES)}")
     parser.add_argument("--timeout-scale", type=float, default=1.0, metavar="F",
-                        help="multiply every timeout, and the 420 s budget, by F (> 0)")
+                        help=f"multiply every timeout, and the {BUDGET_S:.0f} s budget, by F (> 0)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with each check's file and output")
     parser.add_argument("--require-gpu", action="store_true", help="exit 1 when there is no CUDA device")
     args = parser.parse_args(argv)
@@ -473,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         for check in selected:
             print(f"{check.name} ...", end=" ", flush=True)
             timeout = min(check.timeout * args.timeout_scale, deadline - time.monotonic())
-            if deadline - time.monotonic() < 15:
+            if check.requires and importlib.util.find_spec(check.requires) is None:
+                rows.append(Row(check.name, check.expected, f"{check.requires} is not installed", "SKIP", 0.0))
+            elif deadline - time.monotonic() < 15:
                 rows.append(Row(check.name, check.expected, "not run", "FAIL", 0.0,
                                 [f"the run's {BUDGET_S * args.timeout_scale:.0f} s budget was spent"]))
             else:

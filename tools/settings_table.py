@@ -19,7 +19,7 @@ START = ".. settings-table-start"
 END = ".. settings-table-end"
 COMMAND = "python tools/settings_table.py --write README.rst"
 HEADINGS = ("variable", "meaning", "when missing")
-WIDTHS = (39, 42, 36)  # the first fits ``DISTRIBUTED_TESTING_FULL_TRACEBACKS``
+WIDTHS = (40, 42, 36)  # the first fits ``DISTRIBUTED_TESTING_REQUIRE_HARDWARE``
 
 
 def rst_table() -> str:
@@ -42,6 +42,9 @@ def rst_table() -> str:
 
 
 def _row(*cells: str) -> str:
+    for cell, width in zip(cells, WIDTHS, strict=True):
+        if len(cell) > width:  # reStructuredText would read the row as a malformed table
+            raise ValueError(f"{cell!r} is wider than its column ({width}): widen WIDTHS")
     return "  ".join(cell.ljust(width) for cell, width in zip(cells, WIDTHS, strict=True)).rstrip()
 
 

@@ -36,6 +36,8 @@ Examples::
     python tools/torch_suite.py --world-size 2 3 --sample 60
     python tools/torch_suite.py -k all_reduce -k broadcast --only ours
     python tools/torch_suite.py --suite rpc dist_autograd --sample 20
+    python tools/torch_suite.py --world-size 2 --only ours --keep full   # full/ours-dist-ws2.json: durations
+    python tools/torch_suite.py --world-size 2 --only ours --shard 1/3 --durations full/ours-dist-ws2.json
 
 Exit code: 0 when no outcome differs but by design, 1 when any defect, 2 on bad usage.
 """
@@ -87,6 +89,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one framework's run may take (3600)")
     parser.add_argument("--keep", help="keep the generated files, logs and reports in this directory")
     parser.add_argument("--json", help="write the comparisons to this JSON file")
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run shard I of N of the selection (ours: DISTRIBUTED_TESTING_SHARD; PyTorch: the same tests)",
+    )
+    parser.add_argument(
+        "--durations",
+        metavar="FILE",
+        help="balance --shard by this earlier run's record (ours: DISTRIBUTED_TESTING_DURATIONS; "
+        "--keep DIR keeps ours-SUITE-wsN.json, a full run's record)",
+    )
     return parser.parse_args(argv)
 
 
@@ -99,6 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.world_size and not any(SUITES[s].world_sizes_from_env for s in suites):
         print("torch_suite: --world-size applies to dist only; the RPC suites' classes fix theirs", file=sys.stderr)
         return 2
+    if args.durations and not args.shard:
+        print("torch_suite: --durations balances --shard; give --shard I/N too", file=sys.stderr)
+        return 2
+    if args.shard:
+        from distributed_testing._errors import ConfigError
+        from distributed_testing._parsers import parse_durations, parse_shard
+
+        try:
+            args.shard = parse_shard(args.shard, "--shard")
+            args.durations = parse_durations(args.durations, "--durations") if args.durations else None
+        except ConfigError as exc:
+            print(f"torch_suite: {exc}", file=sys.stderr)
+            return 2
     work = args.keep or tempfile.mkdtemp(prefix="torch-suite-")
     os.makedirs(work, exist_ok=True)
     summary: list[dict[str, Any]] = []

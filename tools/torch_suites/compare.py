@@ -76,6 +76,7 @@ def compare(args: argparse.Namespace, suite_name: str, world_size: int, work: st
         handle.write(suite.source)
     listed = list_tests(path, world_size, work)
     names = select(list(listed), args)
+    expected = shard_names(path, names, listed, args)  # the tests a run of this shard runs
     env_note = f"WORLD_SIZE={world_size} " if suite.world_sizes_from_env else ""
     sizes = sorted({listed[n] for n in names})
     if not names:
@@ -87,12 +88,14 @@ def compare(args: argparse.Namespace, suite_name: str, world_size: int, work: st
         f"{'/'.join(map(str, sizes))}",
         flush=True,
     )
+    if getattr(args, "shard", None):
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {len(expected)} of the {len(names)} selected tests", flush=True)
     runs = []
-    if args.only in (None, "torch"):
-        runs.append(run_framework("torch", path, names, world_size, args, work))
-    if args.only in (None, "ours"):
-        runs.append(run_framework("ours", path, names, world_size, args, work))
-    print_table(runs, len(names))
+    if args.only in (None, "torch"):  # PyTorch's framework has no shards: it is given this shard's tests
+        runs.append(run_framework("torch", path, expected, world_size, args, work, expected))
+    if args.only in (None, "ours"):  # ours picks its shard of the selection itself
+        runs.append(run_framework("ours", path, names, world_size, args, work, expected))
+    print_table(runs, len(expected))
     differences = diff(runs) if len(runs) == 2 else []
     if len(runs) == 2:
         print_differences(differences)
@@ -100,7 +103,8 @@ def compare(args: argparse.Namespace, suite_name: str, world_size: int, work: st
         "suite": suite_name,
         "world_size": world_size if suite.world_sizes_from_env else None,
         "world_sizes": sizes,
-        "tests": len(names),
+        "tests": len(expected),
+        "shard": list(args.shard) if getattr(args, "shard", None) else None,
         "tests_in_suite": len(listed),
         "runs": [
             {
@@ -163,8 +167,31 @@ def select(names: list[str], args: argparse.Namespace) -> list[str]:
     return names
 
 
-def run_framework(which: str, path: str, names: list[str], world_size: int, args: argparse.Namespace, work: str) -> Run:
-    """Run ``names`` of the file at ``path`` in a fresh subprocess on one framework."""
+def shard_names(path: str, names: list[str], listed: dict[str, int], args: argparse.Namespace) -> list[str]:
+    """``names`` in ``--shard`` (all of them without one), as this library chooses them: its keys
+    are ``<file stem>.<Class>.<test>``, balanced by ``--durations`` against every listed test."""
+    if not getattr(args, "shard", None):
+        return names
+    from distributed_testing import _shard
+
+    stem = os.path.basename(path)[:-3]
+    durations = _shard.read_durations(args.durations, "--durations", "") if args.durations else None
+    every = [f"{stem}.{name}" for name in listed]
+    chosen = _shard.select([f"{stem}.{name}" for name in names], args.shard, durations, every, "--durations", "")
+    return [name for name in names if f"{stem}.{name}" in chosen]
+
+
+def run_framework(
+    which: str,
+    path: str,
+    names: list[str],
+    world_size: int,
+    args: argparse.Namespace,
+    work: str,
+    expected: list[str] | None = None,
+) -> Run:
+    """Run ``names`` of the file at ``path`` in a fresh subprocess on one framework; ``expected``:
+    the tests it should run (``names`` unless it shards them itself), the others it runs not missing."""
     tag = f"{which}-{os.path.basename(path)[len('test_torch_suite_') : -3]}-ws{world_size}"
     temp_dir = tempfile.mkdtemp(prefix=f"{tag}-", dir=work)
     report = os.path.join(work, f"{tag}.json")
@@ -177,6 +204,10 @@ def run_framework(which: str, path: str, names: list[str], world_size: int, args
         cmd = [sys.executable, "-m", "distributed_testing", "--torch-compat", path, "-v", *names]
         env["DISTRIBUTED_TESTING_REPORT"] = report
         env["DISTRIBUTED_TESTING_START_METHOD"] = args.start_method
+        if getattr(args, "shard", None):
+            env["DISTRIBUTED_TESTING_SHARD"] = "/".join(map(str, args.shard))
+            if args.durations:
+                env["DISTRIBUTED_TESTING_DURATIONS"] = args.durations
         label = f"distributed_testing ({args.start_method})"
     scratch = _scratch_dir(tag)
     env["TMPDIR"] = scratch  # what a framework leaves in its temp dir is counted, then removed
@@ -193,7 +224,7 @@ def run_framework(which: str, path: str, names: list[str], world_size: int, args
         run.messages[key] = record.get("message", "")
         if record.get("ranks"):
             run.ranks[key] = record["ranks"]
-    for name in names:
+    for name in names if expected is None else expected:
         run.outcomes.setdefault(name, "missing")
     for where in (temp_dir, scratch):
         shutil.rmtree(where, ignore_errors=True)
