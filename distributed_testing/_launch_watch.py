@@ -7,6 +7,7 @@ It interrupts the test's thread with a signal whose handler raises only in test 
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
@@ -48,6 +49,7 @@ __all__ = ["Watch", "end_default_group"]
 # Frames of these files are the machinery around the test: an interrupt never raises there.
 _MACHINERY = (
     os.path.dirname(unittest.__file__) + os.sep,
+    contextlib.__file__,  # unittest's testPartExecutor exits through it: an exception there escapes unittest
     _rank.__file__,
     __file__,
     _launch_store.__file__,
