@@ -156,8 +156,10 @@ def acquire(label: str, want: int, need: int, make_room: Callable[[], None] | No
     directory, limits = _dir, _limits
     ticket = f"{os.getpid()}-{next(_tickets)}"
     fifo = os.path.join(directory, WAKE + ticket)
-    os.mkfifo(fifo, 0o600)
-    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer of its own: no end-of-file wake-ups
+    making = os.path.join(directory, f".{ticket}")  # not yet a WAKE name: _wake_all would drop it unread
+    os.mkfifo(making, 0o600)
+    fd = os.open(making, os.O_RDWR | os.O_NONBLOCK)  # a writer of its own: no end-of-file wake-ups
+    os.rename(making, fifo)  # opened first: from now on a waker finds a reader
     began, logged = time.monotonic(), False
     try:
         while True:
@@ -211,8 +213,11 @@ def release(lease: Lease | None) -> None:
     directory = _dir
     if directory is None or not os.path.isdir(directory):
         return
-    with _locked(directory) as state:
-        state["holdings"] = [h for h in state["holdings"] if h["ticket"] != lease.ticket]
+    try:
+        with _locked(directory) as state:
+            state["holdings"] = [h for h in state["holdings"] if h["ticket"] != lease.ticket]
+    except OSError:  # the controller removed the directory (the run is ending): nothing to give back
+        return
     _wake_all(directory)
     logger.debug("%s released %d ranks, devices %s", lease.label, lease.weight, list(lease.devices))
 

@@ -109,7 +109,7 @@ def merge_junit(roots: Sequence[tuple[str, ET.Element]]) -> tuple[ET.ElementTree
                 merged.set("time", "0")
                 if (properties := suite.find("properties")) is not None:
                     merged.append(properties)
-            merged.set("time", f"{float(merged.get('time', '0')) + float(suite.get('time', '0') or 0):.3f}")
+            merged.set("time", f"{float(merged.get('time', '0')) + _seconds(suite, path):.3f}")
             if suite.get("timestamp") and suite.get("timestamp", "") < merged.get("timestamp", "~"):
                 merged.set("timestamp", suite.get("timestamp", ""))
             for case in suite.findall("testcase"):
@@ -158,6 +158,14 @@ def _junit_code(tree: ET.ElementTree[ET.Element]) -> int:
 # -- the command --------------------------------------------------------------------------
 
 
+def _seconds(element: ET.Element, path: str) -> float:
+    """A JUnit element's ``time``, or a MergeError naming the file."""
+    try:
+        return float(element.get("time", "0") or 0)
+    except ValueError:
+        raise MergeError(f"{path!r} is not valid JUnit: time={element.get('time')!r} is not a number") from None
+
+
 def _read(path: str) -> dict[str, Any] | ET.Element:
     """A record (JSON) or the root of a JUnit file (XML), by its content."""
     try:
@@ -177,6 +185,10 @@ def _read(path: str) -> dict[str, Any] | ET.Element:
         raise MergeError(f"{path!r} is neither a JSON record nor a JUnit XML file ({exc})") from None
     if not (isinstance(data, dict) and isinstance(data.get("tests"), list)):
         raise MergeError(f"{path!r} is JSON but not a record of a run (no \"tests\" list)")
+    if not all(isinstance(entry, dict) for entry in data["tests"]):
+        raise MergeError(f"{path!r} is not a record of a run: each entry of \"tests\" must be an object")
+    if not isinstance(data.get("exit_code", 0), int):
+        raise MergeError(f"{path!r} is not a record of a run: its exit_code {data['exit_code']!r} is not a number")
     return data
 
 
@@ -247,4 +259,4 @@ def _merge(args: argparse.Namespace) -> int:
         problems += found
     for problem in dict.fromkeys(problems):
         print(f"{PROG}: {problem}", file=sys.stderr)
-    return codes[0]
+    return next((code for code in codes if code), 0)  # the JUnit files' problems count as much as the records'

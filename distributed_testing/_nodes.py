@@ -21,7 +21,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 __all__ = [
-    "NODE_VARIABLES",
     "gpu_env",
     "launched_env",
     "node_env",
@@ -30,21 +29,6 @@ __all__ = [
     "rank_env",
     "visible_gpus",
 ]
-
-# What torchrun's agent sets per worker about its place (MASTER_ADDR/PORT and the
-# TORCHELASTIC_* variables aside: the test's own rendezvous is left as it set it).
-NODE_VARIABLES = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "ROLE_RANK",
-    "ROLE_WORLD_SIZE",
-    "ROLE_NAME",
-)
-
 
 def node_sizes(world_size: int, nodes: int) -> list[int]:
     """Ranks per node: ``world_size`` in ``nodes`` blocks, the first ones a rank larger when
@@ -120,4 +104,6 @@ def rank_env(common: Mapping[str, str], rank: int, world_size: int, nodes: int) 
     when simulated."""
     if nodes <= 1:
         return dict(common)
-    return {**common, **node_env(rank, world_size, nodes), **gpu_env(rank, world_size, nodes, visible_gpus())}
+    leased = common.get("CUDA_VISIBLE_DEVICES")  # a device lease's GPUs: the node blocks are cut from them
+    visible = [name.strip() for name in leased.split(",") if name.strip()] if leased else visible_gpus()
+    return {**common, **node_env(rank, world_size, nodes), **gpu_env(rank, world_size, nodes, visible)}

@@ -53,15 +53,16 @@ class RankPool:
         self.healthy = True
         self.skip_reason: str | None = None
         env = dict(env)  # under pytest-xdist: wait for the pool's ranks and devices, held until it closes
-        self.lease = _lease_file.hold_for_pool(cls, world_size, env, _make_room)
-        self.dir = tempfile.mkdtemp(prefix=f"dt-pool-{cls.__name__}-")
-        _janitor.register(self.dir)
-        file_name = os.path.join(self.dir, "rendezvous")
-        proc = _launcher.process_class(method, cls.__module__)
         self.handles: list[RankHandle] = []
         self.offsets: list[int] = []  # where each rank's output of the last test begins
-        nodes = _config.load().nodes  # simulated nodes: each rank's LOCAL_RANK, GROUP_RANK, ...
+        self.dir = ""
+        self.lease = _lease_file.hold_for_pool(cls, world_size, env, _make_room)
         try:
+            self.dir = tempfile.mkdtemp(prefix=f"dt-pool-{cls.__name__}-")
+            _janitor.register(self.dir)
+            file_name = os.path.join(self.dir, "rendezvous")
+            proc = _launcher.process_class(method, cls.__module__)
+            nodes = _config.load().nodes  # simulated nodes: each rank's LOCAL_RANK, GROUP_RANK, ...
             for rank in range(world_size):
                 ctx = RankContext(
                     output_path=os.path.join(self.dir, f"rank{rank}.out"),
@@ -190,8 +191,9 @@ class RankPool:
         _launcher.close(self.handles)
         self.handles = []
         _lease_file.release(self.lease)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        _janitor.unregister(self.dir)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            _janitor.unregister(self.dir)
 
 
 

@@ -96,12 +96,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _notes.extend(text for title, text in report.sections if title == NOTE_TITLE)
 
 
+_SHOWN_NOTES = 5  # notes shown in the summary; the rest are counted
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say which tests ran alone (wider than the budget), or went over it."""
     if _notes:
         terminalreporter.write_sep("-", NOTE_TITLE)
-        for note in _notes:
+        for note in _notes[:_SHOWN_NOTES]:
             terminalreporter.write_line(note)
+        if len(_notes) > _SHOWN_NOTES:  # a suite of wide tests on a small machine: not a line each
+            more = len(_notes) - _SHOWN_NOTES
+            terminalreporter.write_line(f"... and {more} more test{'s' * (more > 1)} like these")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

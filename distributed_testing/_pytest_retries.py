@@ -75,6 +75,9 @@ def _retried(item: pytest.Item, report: pytest.TestReport) -> None:
 
 def _hardware_skip(item: pytest.Item, skip: BaseException, report: pytest.TestReport) -> None:
     """A skip for lack of hardware: say what it needs; under the setting, a failure."""
+    cls = getattr(item, "cls", None)
+    if not (isinstance(cls, type) and any(b.__module__.startswith("distributed_testing.") for b in cls.__mro__)):
+        return  # not a distributed test: a skip of its own, whatever its words
     reason = str(getattr(skip, "msg", None) or skip)
     need = _hardware.need_of(reason)
     if need is None:

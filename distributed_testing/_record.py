@@ -96,7 +96,8 @@ class RecordingResult(unittest.TextTestResult):
         self._record(test, ERROR, str(err[1]))
 
     def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
-        need = _hardware.need_of(reason) if type(test).__name__ != "_SubTest" else None
+        ours = any(b.__module__.startswith("distributed_testing.") for b in type(test).__mro__)
+        need = _hardware.need_of(reason) if ours else None  # a subtest's or a plain test's skip: its own
         if need and _hardware.required():
             self.addFailure(test, _hardware.required_failure(reason, need))
             return

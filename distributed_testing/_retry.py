@@ -14,6 +14,7 @@ JSON record and the pytest plugin to show.
 from __future__ import annotations
 
 import logging
+import sys
 import unittest
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,8 +84,8 @@ class RetryRecord:
             return f"passed {self.repeat} of {self.repeat} repetitions" if self.repeat > 1 else "passed"
         tried = sum(f.repetition == self.failed_repetition for f in self.failures)
         each = f"each of {tried} attempts" if tried > 1 else ""
-        if self.repeat == 1:
-            return f"failed on {each}"
+        if self.repeat == 1:  # one attempt only when the run was told to stop (Ctrl-C, -x)
+            return f"failed on {each or f'attempt {tried} of {self.retries + 1}'}"
         return f"failed on repetition {self.failed_repetition} of {self.repeat}" + (f" ({each})" if each else "")
 
     def as_record(self) -> dict[str, Any]:
@@ -110,6 +111,16 @@ class RetryRecord:
         shown = ", ".join(settings + ([f"{ENV_REPEAT}={self.repeat}"] if self.repeat > 1 else []))
         flaky = "; not flaky: it never passed" if self.retries and self.repeat == 1 else ""
         return f"distributed_testing: {self.describe()} ({shown}){flaky}"
+
+
+def _is_pytest_outcome(err: Any) -> bool:
+    """Whether an error is pytest's way of ending a test (skip, xfail, exit), not a failure
+    (``pytest.fail`` is one)."""
+    outcomes = sys.modules.get("_pytest.outcomes")
+    if outcomes is None or err is None:
+        return False
+    kinds = tuple(getattr(outcomes, name) for name in ("Skipped", "XFailed", "Exit") if hasattr(outcomes, name))
+    return isinstance(err[1], kinds)
 
 
 def record_of(test: object) -> RetryRecord | None:
@@ -141,7 +152,8 @@ class _Attempt(unittest.TestResult):
 
     def addError(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
         super().addError(test, err)
-        self._failed("error", err, self.errors)
+        if not _is_pytest_outcome(err):  # pytest.skip/xfail/exit reach unittest as errors: not failures
+            self._failed("error", err, self.errors)
         self.calls.append(("addError", (test, err)))
 
     def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import math
 import os
 import sys
 import unittest
@@ -206,9 +207,9 @@ def select(
     if stale:
         raise _stale_error(durations, stale, name, example)
     unique = set(keys)
-    known = [durations.costs[key] for key in unique if key in durations.costs]
-    recorded = known or list(durations.costs.values())
-    mean = sum(recorded) / len(recorded) if recorded else 1.0
+    known = [durations.costs[key] for key in sorted(unique) if key in durations.costs]
+    recorded = known or [durations.costs[key] for key in sorted(durations.costs)]
+    mean = math.fsum(recorded) / len(recorded) if recorded else 1.0  # the same on every worker and machine
     costs = {key: durations.costs.get(key, mean) for key in unique}
     return {key for key, where in balanced_shards(costs, count).items() if where == index - 1}
 

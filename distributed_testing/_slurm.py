@@ -53,10 +53,13 @@ def step_id(env: Mapping[str, str]) -> str | None:
 def is_srun_task(env: Mapping[str, str]) -> bool:
     """Whether this process is a task of an srun job step with more than one task.
 
-    Not for a batch script (``sbatch``), an interactive ``salloc`` shell or a
-    one-task step: those run ``python test_x.py`` as a program that starts its
-    own ranks. Raises ConfigError when the step's task count is not a number.
+    Not for a batch script (``sbatch``), an interactive ``salloc`` shell, a shell
+    of ``srun --pty`` or a one-task step: those run ``python test_x.py`` as a
+    program that starts its own ranks. Raises ConfigError when the step's task
+    count is not a number.
     """
+    if _get(env, "SLURM_PTY_PORT") is not None:  # srun --pty bash: a person's shell, not a task
+        return False
     step = step_id(env)
     if step is None or not step.isdigit() or int(step) >= MAX_NORMAL_STEP_ID:
         return False

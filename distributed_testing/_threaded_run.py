@@ -323,6 +323,7 @@ class _ThreadOutput:
         self.heads: dict[int, list[str]] = {}
         self.tails: dict[int, collections.deque[str]] = {}
         self.sizes: dict[int, int] = {}
+        self.tail_sizes: dict[int, int] = {}  # characters in each rank's tail pieces
         self.partial: dict[int, str] = {}
         self.streams = (_RankStream(self, 0), _RankStream(self, 1))
 
@@ -361,8 +362,10 @@ class _ThreadOutput:
         if text:
             tail = self.tails.setdefault(rank, collections.deque())
             tail.append(text[-_OUTPUT_TAIL:])
-            while sum(map(len, tail)) - len(tail[0]) >= _OUTPUT_TAIL:
-                tail.popleft()
+            kept = self.tail_sizes.get(rank, 0) + len(tail[-1])
+            while kept - len(tail[0]) >= _OUTPUT_TAIL:
+                kept -= len(tail.popleft())
+            self.tail_sizes[rank] = kept
 
     def outputs(self) -> dict[int, str]:
         """Each rank thread's output: all of it, or its head and tail around a note of the cut."""
@@ -399,3 +402,17 @@ class _RankStream(io.TextIOBase):
 
     def fileno(self) -> int:
         return self.output.saved[self.index].fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.output.saved[self.index], "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self.output.saved[self.index], "errors", None)
+
+    def isatty(self) -> bool:
+        return False  # what a rank thread writes is kept, not shown on a terminal
+
+    def __getattr__(self, name: str) -> Any:  # buffer, reconfigure, ...: the stream it stands for
+        return getattr(self.output.saved[self.index], name)
