@@ -157,7 +157,10 @@ def acquire(label: str, want: int, need: int, make_room: Callable[[], None] | No
     ticket = f"{os.getpid()}-{next(_tickets)}"
     fifo = os.path.join(directory, WAKE + ticket)
     making = os.path.join(directory, f".{ticket}")  # not yet a WAKE name: _wake_all would drop it unread
-    os.mkfifo(making, 0o600)
+    try:
+        os.mkfifo(making, 0o600)
+    except FileNotFoundError:  # the controller removed the directory: the run is ending, lease nothing
+        return None
     fd = os.open(making, os.O_RDWR | os.O_NONBLOCK)  # a writer of its own: no end-of-file wake-ups
     os.rename(making, fifo)  # opened first: from now on a waker finds a reader
     began, logged = time.monotonic(), False

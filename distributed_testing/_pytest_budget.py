@@ -77,7 +77,8 @@ def run_limits(command: str) -> _leases.Limits:
 def pytest_configure_node(node: Any) -> None:
     """Hand the lease directory to a worker before it starts."""
     directory = node.config.stash.get(_DIR, None)
-    if directory is not None:
+    spec = getattr(getattr(node, "gateway", None), "spec", None)
+    if directory is not None and getattr(spec, "popen", True):  # a remote worker cannot open it
         node.workerinput[INPUT_KEY] = directory
 
 

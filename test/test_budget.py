@@ -47,6 +47,10 @@ from distributed_testing._leases import (
 ROOT = Path(__file__).resolve().parent.parent
 UUIDS = ["GPU-1111aaaa-0000", "GPU-2222bbbb-0000", "GPU-2222cccc-0000"]
 
+# Child pytest runs leave the hypothesis plugin out (hypothesis is a dependency): it adds over a
+# second to each pytest process, workers included, and plays no part in what these runs check.
+NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
+
 
 # -- allocation and the budget, pure ------------------------------------------
 
@@ -216,8 +220,7 @@ def test_skip_if_lt_x_gpu_says_how_many_gpus_a_test_uses():
 
 HOLDER = """
 import sys
-from distributed_testing import MultiProcContinuousTest, MultiProcessTestCase, _config, _lease_file, _run
-from distributed_testing import skip_if_lt_x_gpu
+from distributed_testing import _lease_file  # only this: importing torch would cost each holder seconds
 _lease_file.activate(sys.argv[1])
 lease = _lease_file.acquire("holder", int(sys.argv[2]), int(sys.argv[3]))
 print("granted", ",".join(lease.devices), flush=True)
@@ -377,26 +380,46 @@ RECORDING = """
 import json
 
 
+def record(test):
+    began = time.time()
+    time.sleep(test.sleep)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "times",
+                           f"{test.id()}.{test.rank}"), "w") as handle:
+        json.dump([began, time.time(), os.environ.get("CUDA_VISIBLE_DEVICES")], handle)
+
+
 class Recorded(MultiProcessTestCase):
+    sleep = SLEEP
+
     def setUp(self):
         super().setUp()
         self._spawn_processes()
 
     def work(self):
-        began = time.time()
-        time.sleep(SLEEP)
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "times",
-                               f"{self.id()}.{self.rank}"), "w") as handle:
-            json.dump([began, time.time(), os.environ.get("CUDA_VISIBLE_DEVICES")], handle)
+        record(self)
+
+
+class RecordedPool(MultiProcContinuousTest):
+    sleep = 0.3
+
+    def work(self):
+        record(self)
 """
 
 
-def write_recording(runner: Runner, tests: int, wide: int = 0, sleep: float = 1.0) -> None:
+def write_recording(runner: Runner, tests: int, classes: int = 1, wide: int = 0, pools: int = 0,
+                    sleep: float = 0.5) -> None:
+    """``classes`` classes of ``tests`` 2-rank tests (TestNarrow, or TestNarrow0, TestNarrow1, ...); a
+    ``wide``-rank TestWide; warm pools TestPoolA and TestPoolB of ``pools`` ranks, 3 tests each."""
     body = RECORDING.replace("SLEEP", str(sleep))
-    body += "\n\nclass TestNarrow(Recorded):\n    world_size = 2\n"
-    body += "".join(f"\n    def test_{i:02d}(self):\n        self.work()\n" for i in range(tests))
+    for c in range(classes):
+        body += f"\n\nclass TestNarrow{c if classes > 1 else ''}(Recorded):\n    world_size = 2\n"
+        body += "".join(f"\n    def test_{i:02d}(self):\n        self.work()\n" for i in range(tests))
     if wide:
         body += f"\n\nclass TestWide(Recorded):\n    world_size = {wide}\n\n    def test_wide(self):\n        self.work()\n"
+    for name in "AB" if pools else "":
+        body += f"\n\nclass TestPool{name}(RecordedPool):\n    world_size = {pools}\n"
+        body += "".join(f"\n    def test_{i}(self):\n        self.work()\n" for i in range(3))
     runner.write(body)
     (runner.tmp_path / "times").mkdir()
 
@@ -419,9 +442,13 @@ def most_alive(spans: list[tuple[float, float, str]]) -> int:
     return most
 
 
+def extent(spans: list[tuple[float, float, str]]) -> tuple[float, float]:
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
 def xdist(runner: Runner, *args: str, **env: str) -> Run:
     """``pytest ARGS``, pytest's own temp dir (for its workers) outside the run's TMPDIR."""
-    return runner.pytest("--basetemp", str(runner.tmp_path / "basetemp"), *args, timeout=400, **env)
+    return runner.pytest(*NO_HYPOTHESIS, "--basetemp", str(runner.tmp_path / "basetemp"), *args, timeout=400, **env)
 
 
 def assert_clean(runner: Runner, run: Run) -> None:
@@ -430,47 +457,32 @@ def assert_clean(runner: Runner, run: Run) -> None:
 
 
 @pytest.mark.slow
-def test_xdist_keeps_ranks_alive_within_the_budget_and_a_wider_test_runs_alone(runner):
-    write_recording(runner, tests=6, wide=5)
-    run = xdist(runner, "-n", "3", "--dt-max-ranks", "4", "test_x.py")
+def test_xdist_keeps_ranks_within_the_budget_runs_a_wider_test_alone_and_pools_hold_their_lease(runner):
+    """One ``pytest -n 3 --dist loadscope --dt-max-ranks 4`` run: three classes of four 2-rank tests,
+    which the three workers start at once (6 ranks), then two warm pools of 3 ranks (6 together) and
+    a 5-rank test. One test, not two on a shared fixture: xdist may hand those to different workers."""
+    write_recording(runner, tests=4, classes=3, wide=5, pools=3)
+    run = xdist(runner, "-n", "3", "--dist", "loadscope", "--dt-max-ranks", "4", "test_x.py")
     assert run.returncode == 0, run.output
-    assert "7 passed" in run.output
+    assert "19 passed" in run.output
     spans = intervals(runner)
-    assert len(spans) == 6 * 2 + 5
     narrow = [s for s in spans if "TestNarrow" in s[2]]
     wide = [s for s in spans if "TestWide" in s[2]]
+    assert (len(narrow), len(wide)) == (12 * 2, 5)
     assert most_alive(narrow) <= 4
-    began, ended = min(s[0] for s in wide), max(s[1] for s in wide)
+    began, ended = extent(wide)
     assert not [s for s in narrow if s[0] < ended and s[1] > began], "the wide test did not run alone"
     assert "distributed_testing rank budget" in run.output
     assert (
         "test_x.TestWide.test_wide has 5 ranks, more than the rank budget of 4 "
         "(--dt-max-ranks / DISTRIBUTED_TESTING_MAX_RANKS): it ran alone"
     ) in run.output
-    assert_clean(runner, run)
-
-
-@pytest.mark.slow
-def test_warm_pools_hold_their_lease_for_the_class(runner):
-    runner.write(
-        RECORDING.replace("SLEEP", "0.3").replace("MultiProcessTestCase", "MultiProcContinuousTest")
-        .replace("super().setUp()\n        self._spawn_processes()", "super().setUp()")
-        + "".join(
-            f"\n\nclass Test{name}(Recorded):\n    world_size = 2\n"
-            + "".join(f"\n    def test_{i}(self):\n        self.work()\n" for i in range(3))
-            for name in "AB"
-        )
-    )
-    (runner.tmp_path / "times").mkdir()
-    run = xdist(runner, "-n", "2", "--dist", "loadscope", "--dt-max-ranks", "2", "test_x.py")
-    assert run.returncode == 0, run.output
-    spans = intervals(runner)
-    spans_a = [s for s in spans if "TestA" in s[2]]
-    spans_b = [s for s in spans if "TestB" in s[2]]
-    assert len(spans_a) == len(spans_b) == 6
-    a_began, a_ended = min(s[0] for s in spans_a), max(s[1] for s in spans_a)
-    b_began, b_ended = min(s[0] for s in spans_b), max(s[1] for s in spans_b)
-    assert a_ended <= b_began or b_ended <= a_began, "two pools of 2 ranks lived at once on a budget of 2"
+    # Each warm pool holds its lease from its first test to its last.
+    spans_a = [s for s in spans if "TestPoolA" in s[2]]
+    spans_b = [s for s in spans if "TestPoolB" in s[2]]
+    assert len(spans_a) == len(spans_b) == 3 * 3
+    (a_began, a_ended), (b_began, b_ended) = extent(spans_a), extent(spans_b)
+    assert a_ended <= b_began or b_ended <= a_began, "two pools of 3 ranks lived at once on a budget of 4"
     assert_clean(runner, run)
 
 
@@ -506,7 +518,6 @@ def test_without_several_workers_nothing_changes(runner):
     (_, _, seen), *_ = (json.loads(p.read_text()) for p in (runner.tmp_path / "times").iterdir())
     assert seen == "99"
     assert_clean(runner, run)
-
 
 
 # -- tools/gpu_check.py's lease case ---------------------------------------------
@@ -550,9 +561,11 @@ def test_the_gpu_check_lease_judge(tmp_path, spans, devices, missed):
 def test_the_gpu_check_lease_case_runs_its_harness_on_cpu(tmp_path, monkeypatch):
     """The check's pytest -n 2 run, with the GPU swapped for the CPU and a budget of one rank
     serialising the two tests as the one device would."""
-    body = LEASE_CHECK.body.replace('device="cuda"', 'device="cpu"').replace("skip_if_lt_x_gpu(1)(hold)", "hold")
+    body = (LEASE_CHECK.body.replace('device="cuda"', 'device="cpu"').replace("skip_if_lt_x_gpu(1)(hold)", "hold")
+            .replace("time.sleep(2)", "time.sleep(0.5)"))  # still overlapping, were the lease not taken in turn
     check = dataclasses.replace(
-        LEASE_CHECK, body=body, argv=(*LEASE_CHECK.argv[:-1], "--dt-max-ranks", "1", "test_x.py"), env=((CVD, ""),)
+        LEASE_CHECK, body=body, argv=(*LEASE_CHECK.argv[:-1], *NO_HYPOTHESIS, "--dt-max-ranks", "1", "test_x.py"),
+        env=((CVD, ""),),
     )
     monkeypatch.setattr(gpu_check, "ONE_GPU", "")
     run = gpu_check.run_check(check, tmp_path, 300)
