@@ -13,7 +13,7 @@ $(STAMP): setup.cfg setup.py constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n 3  # three workers on two cores: the suite waits on ranks, deadlines and launchers as much as it computes
+	$(PY) -m pytest -q -p no:cacheprovider -n 2  # two workers: the suite waits on ranks, deadlines and launchers as much as it computes
 
 demo: $(STAMP)
 	$(PY) test/example_allreduce.py -v
