@@ -20,7 +20,7 @@ from typing import Any
 
 from distributed_testing import _devices, _slurm
 from distributed_testing._errors import ConfigError
-from distributed_testing._settings import (
+from distributed_testing._parsers import (
     ENV_DEBUG_RANK,
     ENV_FULL_TRACEBACKS,
     ENV_LOG,
@@ -31,7 +31,6 @@ from distributed_testing._settings import (
     ENV_START_METHOD,
     ENV_TIMEOUT,
     INIT_SCHEMES,
-    SETTINGS,
     SHOW_AFTER,
     SHOW_LIVE,
     SHOW_OFF,
@@ -49,6 +48,7 @@ from distributed_testing._settings import (
     parse_world_size,
     script_name,
 )
+from distributed_testing._settings import SETTINGS
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -20,8 +20,8 @@ from typing import Any
 
 from distributed_testing import _devices, _forkserver, _process, _stacks
 from distributed_testing._outcomes import RankView, says_peer_gone
+from distributed_testing._parsers import ENV_LOG_DIR
 from distributed_testing._protocol import RankContext, RankResult
-from distributed_testing._settings import ENV_LOG_DIR
 
 __unittest = True
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from distributed_testing._settings import ENV_LOG, parse_log_level
+from distributed_testing._parsers import ENV_LOG, parse_log_level
 
 if TYPE_CHECKING:
     from distributed_testing._config import Settings

@@ -17,7 +17,8 @@ import pytest
 
 from distributed_testing import _log, _slurm
 from distributed_testing._errors import ConfigError, RankAssertionError, RankFailure
-from distributed_testing._settings import ENV_SHOW_OUTPUT, SETTINGS, SHOW_LIVE, plain
+from distributed_testing._parsers import ENV_SHOW_OUTPUT, SHOW_LIVE
+from distributed_testing._settings import SETTINGS, plain
 
 # Each --dt-* option and its setting (the variable it sets, as run_tests() reads it).
 OPTIONS = {setting.pytest_option: setting for setting in SETTINGS if setting.pytest_option}
@@ -184,6 +185,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if style in ("no", "line", "native"):
             return report  # pytest's own rendering of the whole report
         assert excinfo is not None
-        report.longrepr = f"{type(excinfo.value).__name__}: {_render.headline(outcome)}"
+        notes = [str(note) for note in getattr(excinfo.value, "__notes__", ())]  # hypothesis's example, say
+        report.longrepr = "\n".join([f"{type(excinfo.value).__name__}: {_render.headline(outcome)}", *notes])
     report.sections.extend(_render.sections(outcome))
     return report

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from distributed_testing._settings import ENV_REPORT, parse_path
+from distributed_testing._parsers import ENV_REPORT, parse_path
 
 _RECORDER = "distributed_testing._pytest_record.recorder"
 # How much a phase's outcome says: a later phase replaces an earlier one only with more.

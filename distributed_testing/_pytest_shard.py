@@ -17,7 +17,7 @@ from collections.abc import Generator
 import pytest
 
 from distributed_testing._errors import ConfigError
-from distributed_testing._settings import ENV_DURATIONS, ENV_SHARD, parse_durations, parse_shard
+from distributed_testing._parsers import ENV_DURATIONS, ENV_SHARD, parse_durations, parse_shard
 
 _SHARD = pytest.StashKey[tuple[int, int] | None]()
 _DURATIONS = pytest.StashKey[object]()  # a _shard.Durations, or None

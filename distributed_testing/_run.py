@@ -18,8 +18,8 @@ from typing import Any, Literal
 from distributed_testing import _config, _expect, _hardware
 from distributed_testing._errors import RankAssertionError, RankFailure
 from distributed_testing._outcomes import Outcome, RankView
+from distributed_testing._parsers import ENV_NODES
 from distributed_testing._protocol import ERROR, FAILED, PASSED, SKIPPED
-from distributed_testing._settings import ENV_NODES
 
 __unittest = True
 

@@ -150,14 +150,6 @@ def _defaults_note(defaults: dict[str, str], settings: _config.Settings, private
     return "distributed_testing: defaults " + ", ".join(parts)
 
 
-def _iter_tests(suite: Any) -> Iterator[unittest.TestCase]:
-    if isinstance(suite, unittest.TestSuite):
-        for item in suite:
-            yield from _iter_tests(item)
-    else:
-        yield suite
-
-
 class _Runner(RecordingRunner):
     """unittest's text runner, keeping a record of each test for the JSON report (and counting
     flaky tests and tests not run for lack of hardware in its summary)."""
@@ -179,7 +171,7 @@ class _Program(unittest.TestProgram):
         super().createTests(*args, **kwargs)
 
     def runTests(self) -> None:  # noqa: N802
-        tests = list(_iter_tests(self.test))  # type: ignore[attr-defined]
+        tests = list(_shard.iter_tests(self.test))  # type: ignore[attr-defined]
         given = list(self.testNames or [])  # type: ignore[attr-defined]
         self.usage_error = _check_names(tests, self.module, given)
         if not self.usage_error:
@@ -207,7 +199,8 @@ def _check_names(tests: list[unittest.TestCase], module: Any, given: list[str]) 
     if not failed:
         return ""
     names = given or [t.id().rsplit(".", 1)[-1] for t in failed]
-    known = [t.id().split(".", 1)[-1] for t in _iter_tests(unittest.defaultTestLoader.loadTestsFromModule(module))]
+    loaded = unittest.defaultTestLoader.loadTestsFromModule(module)
+    known = [t.id().split(".", 1)[-1] for t in _shard.iter_tests(loaded)]
     shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "") if known else "none"
     return (
         f"no test named {', '.join(repr(n) for n in names)} in {_config.script_name()}; "

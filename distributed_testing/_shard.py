@@ -217,10 +217,11 @@ def select(
 # -- run_tests ----------------------------------------------------------------------------
 
 
-def _iter_tests(suite: Any) -> Iterator[unittest.TestCase]:
+def iter_tests(suite: Any) -> Iterator[unittest.TestCase]:
+    """Every test case in ``suite``, nested suites flattened, in order."""
     if isinstance(suite, unittest.TestSuite):
         for item in suite:
-            yield from _iter_tests(item)
+            yield from iter_tests(item)
     else:
         yield suite
 
@@ -253,7 +254,7 @@ def select_unittest(suite: unittest.TestSuite, tests: list[unittest.TestCase], m
     durations = every = None
     if settings.durations is not None:
         durations = read_durations(settings.durations, name, example)
-        every = [unittest_key(t) for t in _iter_tests(unittest.defaultTestLoader.loadTestsFromModule(module))]
+        every = [unittest_key(t) for t in iter_tests(unittest.defaultTestLoader.loadTestsFromModule(module))]
     keys = [unittest_key(test) for test in tests]
     chosen = select(keys, settings.shard, durations, every, name, example)
     _prune(suite, chosen)

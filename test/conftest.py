@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -20,6 +22,44 @@ import torch.distributed as dist
 import distributed_testing as dt
 from distributed_testing import *
 """
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A file that calls run_tests() without importing torch: run_tests() checks the settings and the
+# launch before any test, so a bad one shows here in a fraction of the time.
+PLAIN = """
+import unittest
+
+from distributed_testing import run_tests
+
+
+class TestPlain(unittest.TestCase):
+    def test_plain(self):
+        pass
+
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+# Child pytest runs leave hypothesis's plugin out (hypothesis is a dependency, so pytest loads it):
+# it adds over a second to each pytest process, xdist workers included. One test keeps it.
+NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` as a module, for tests of its pure parts."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
 
 # Variables that would leak the outer run's configuration into the file under test.
 _CONFIG_VARS = (
@@ -102,8 +142,10 @@ class Runner:
         """Run ``python ARGS`` (a file and its arguments) in ``tmp_path``."""
         return self._run([sys.executable, *args], timeout, env)
 
-    def pytest(self, *args: str, timeout: float = 240, **env: str) -> Run:
-        return self._run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], timeout, env)
+    def pytest(self, *args: str, timeout: float = 240, hypothesis: bool = False, **env: str) -> Run:
+        """Run ``python -m pytest ARGS`` in ``tmp_path`` (without hypothesis's plugin unless asked)."""
+        plugins = ("-p", "no:cacheprovider", *(() if hypothesis else NO_HYPOTHESIS))
+        return self._run([sys.executable, "-m", "pytest", *plugins, *args], timeout, env)
 
     def _run(self, cmd: list[str], timeout: float, env: dict[str, str]) -> Run:
         proc = subprocess.run(

@@ -9,7 +9,6 @@ lease directory across real processes (``_lease_file``); and real
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import random
@@ -18,10 +17,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from conftest import Run, Runner, wait_gone
+from conftest import NO_HYPOTHESIS, Run, Runner, load_tool, wait_gone
 
 from distributed_testing import (
     MultiProcContinuousTest,
@@ -46,10 +44,6 @@ from distributed_testing._leases import (
 
 ROOT = Path(__file__).resolve().parent.parent
 UUIDS = ["GPU-1111aaaa-0000", "GPU-2222bbbb-0000", "GPU-2222cccc-0000"]
-
-# Child pytest runs leave the hypothesis plugin out (hypothesis is a dependency): it adds over a
-# second to each pytest process, workers included, and plays no part in what these runs check.
-NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
 
 
 # -- allocation and the budget, pure ------------------------------------------
@@ -448,7 +442,7 @@ def extent(spans: list[tuple[float, float, str]]) -> tuple[float, float]:
 
 def xdist(runner: Runner, *args: str, **env: str) -> Run:
     """``pytest ARGS``, pytest's own temp dir (for its workers) outside the run's TMPDIR."""
-    return runner.pytest(*NO_HYPOTHESIS, "--basetemp", str(runner.tmp_path / "basetemp"), *args, timeout=400, **env)
+    return runner.pytest("--basetemp", str(runner.tmp_path / "basetemp"), *args, timeout=400, **env)
 
 
 def assert_clean(runner: Runner, run: Run) -> None:
@@ -523,20 +517,7 @@ def test_without_several_workers_nothing_changes(runner):
 # -- tools/gpu_check.py's lease case ---------------------------------------------
 
 
-def load_gpu_check() -> ModuleType:
-    path = ROOT / "tools" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["gpu_check"]
-    return module
-
-
-gpu_check = load_gpu_check()
+gpu_check = load_tool("gpu_check")
 LEASE_CHECK = next(c for c in gpu_check.CHECKS if c.name == "xdist_device_lease")
 PASSED = "[gw1] [ 50%] PASSED test_x.py::TestLease::test_b \n[gw0] [100%] PASSED test_x.py::TestLease::test_a \n"
 

@@ -6,32 +6,17 @@ The GPU path needs a CUDA device; here the script runs with CUDA hidden
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from conftest import Run, Runner, wait_gone
+from conftest import Run, Runner, load_tool, wait_gone
 
 SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "gpu_check.py"
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["gpu_check"]
-    return module
-
-
-gpu_check = load_script()
+gpu_check = load_tool("gpu_check")
 NAMES = [check.name for check in gpu_check.CHECKS]
 
 

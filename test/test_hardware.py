@@ -8,11 +8,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import Runner
-
-# Child pytest runs leave the hypothesis plugin out (hypothesis is a dependency): it adds over a
-# second to each pytest process, workers included, and plays no part in what these runs check.
-NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
+from conftest import PLAIN, Runner
 
 
 def _cpu_only() -> bool:
@@ -87,7 +83,7 @@ def test_run_tests_counts_them_apart_from_other_skips(runner: Runner) -> None:
 @pytest.mark.parametrize("xdist", [False, True])
 def test_pytest_counts_them_in_its_summary_and_junit(runner: Runner, xdist: bool) -> None:
     path, junit = runner.write(HARDWARE), runner.tmp_path / "j.xml"
-    run = runner.pytest(*NO_HYPOTHESIS, str(path), *(["-n", "2"] if xdist else []), f"--junitxml={junit}")
+    run = runner.pytest(str(path), *(["-n", "2"] if xdist else []), f"--junitxml={junit}")
     assert run.returncode == 0, run.output
     lines = run.stdout.splitlines()
     assert f"4 tests not run for lack of hardware ({NEEDS})" in lines
@@ -107,7 +103,7 @@ def test_require_hardware_makes_them_failures(runner: Runner) -> None:
     assert "not run for lack of hardware (needs 2 CUDA devices): needs 2 CUDA devices, found 0; " in report
     assert "DISTRIBUTED_TESTING_REQUIRE_HARDWARE=1 (--dt-require-hardware) makes that a failure" in report
 
-    run = runner.pytest(*NO_HYPOTHESIS, str(path), "--dt-require-hardware")
+    run = runner.pytest(str(path), "--dt-require-hardware")
     assert run.returncode == 1, run.output
     # The class-level guard skips in pytest's setup: there it is an error, as any setup failure.
     assert re.search(r"^=+ 3 failed, 1 passed, 1 skipped, 1 error in .* =+$", run.stdout, re.M), run.stdout
@@ -115,28 +111,10 @@ def test_require_hardware_makes_them_failures(runner: Runner) -> None:
     assert f"4 tests failed for lack of hardware ({NEEDS}): DISTRIBUTED_TESTING_REQUIRE_HARDWARE=1" in run.stdout
 
 
-# run_tests() stops on a bad setting before any test, whatever the file imports: one without torch
-# shows it in a fraction of the time. (pytest reads the setting once it meets a distributed test.)
-PLAIN = """
-import unittest
-
-from distributed_testing import run_tests
-
-
-class TestPlain(unittest.TestCase):
-    def test_plain(self):
-        pass
-
-
-if __name__ == "__main__":
-    run_tests()
-"""
-
-
 def test_a_bad_require_hardware_value_stops_the_run(runner: Runner) -> None:
     path, plain = runner.write(HARDWARE), runner.write(PLAIN, "test_plain.py", header=False)
     run = runner.run(str(plain), DISTRIBUTED_TESTING_REQUIRE_HARDWARE="maybe")
     assert run.returncode == 2, run.output
     assert "DISTRIBUTED_TESTING_REQUIRE_HARDWARE" in run.stderr and "'maybe'" in run.stderr
-    run = runner.pytest(*NO_HYPOTHESIS, str(path), DISTRIBUTED_TESTING_REQUIRE_HARDWARE="maybe")
+    run = runner.pytest(str(path), DISTRIBUTED_TESTING_REQUIRE_HARDWARE="maybe")
     assert run.returncode == 4, run.output

@@ -9,15 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Runner, outcomes, reports, wait_gone
+from conftest import NO_HYPOTHESIS, PLAIN, Runner, outcomes, reports, wait_gone
 
 from distributed_testing import _config, _nodes, _slurm
 from distributed_testing._errors import ConfigError
-
-# Child pytest runs leave the hypothesis plugin out (hypothesis is a dependency): it adds over a
-# second to each pytest process, workers included, and plays no part in what these runs check.
-NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
-
 
 # -- Slurm's variables, parsed ----------------------------------------------------------
 
@@ -331,24 +326,6 @@ def test_srun_tasks_under_pytest_with_master_addr_from_the_node_list(runner):
     assert runner.leftovers() == []
 
 
-# run_tests() stops on a bad launch before any test, whatever the file imports: one without torch
-# shows it in a fraction of the time. (pytest looks only once it meets a distributed test.)
-PLAIN = """
-import unittest
-
-from distributed_testing import run_tests
-
-
-class TestPlain(unittest.TestCase):
-    def test_plain(self):
-        pass
-
-
-if __name__ == "__main__":
-    run_tests()
-"""
-
-
 @pytest.mark.slow
 def test_srun_variables_missing(runner):
     plain, path = runner.write(PLAIN, "test_plain.py", header=False), runner.write(SRUN_FILE)
@@ -513,7 +490,7 @@ def test_two_simulated_nodes_under_python(runner):
 @pytest.mark.slow
 def test_two_simulated_nodes_under_pytest_and_python_m(runner):
     path = runner.write(NODES_FILE)
-    run = runner.pytest(*NO_HYPOTHESIS, str(path), "-v", "--dt-nodes", "2", MASTER_ADDR="test-set")
+    run = runner.pytest(str(path), "-v", "--dt-nodes", "2", MASTER_ADDR="test-set")
     assert run.returncode == 1, run.output
     assert "test_x.py::TestNodes::test_local_rank_taken_for_the_global_rank FAILED" in run.output
     assert run.output.count(" PASSED") == 4, run.output

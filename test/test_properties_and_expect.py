@@ -85,6 +85,21 @@ def test_a_failure_on_one_rank_shrinks_to_the_threshold(properties):
     assert "test_fails_only_on_rank_1_above_threshold(" in report and "x=137," in report  # hypothesis's own report
 
 
+def test_under_pytest_with_hypothesis_plugin(tmp_path):
+    """The one child pytest run with hypothesis's plugin: it and ours share each test's report."""
+    runner = Runner(tmp_path)
+    (markers := tmp_path / "markers").mkdir()
+    path = runner.write(PROPERTIES)
+    run = runner.pytest(str(path), "-v", "-k", "threshold or same_example", hypothesis=True, MARKER_DIR=str(markers))
+    assert run.returncode == 1, run.output
+    assert "test_fails_only_on_rank_1_above_threshold FAILED" in run.stdout
+    assert "test_every_rank_gets_the_same_example PASSED" in run.stdout
+    assert "rank 1 of 2 failed: AssertionError: 137 not less than 137" in run.stdout
+    assert "test_fails_only_on_rank_1_above_threshold(" in run.stdout and "x=137," in run.stdout, run.stdout
+    assert runner.leftovers() == []
+    assert wait_gone(str(tmp_path)) == []
+
+
 def test_nothing_is_left_behind(properties):
     assert properties[1].leftovers() == []
     assert wait_gone(str(properties[1].tmp_path)) == []

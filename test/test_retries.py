@@ -19,10 +19,6 @@ from conftest import Runner, wait_gone
 from distributed_testing._hardware import summary
 from distributed_testing._retry import AttemptFailure, RetryRecord
 
-# Child pytest runs leave the hypothesis plugin out (hypothesis is a dependency): it adds over a
-# second to each pytest process, workers included, and plays no part in what these runs check.
-NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
-
 FLAKES = """
 COUNTERS = os.environ["COUNTERS"]
 
@@ -170,7 +166,7 @@ def test_a_run_whose_failures_all_passed_on_a_retry_exits_0(runner: Runner) -> N
 def test_pytest_reports_flaky_tests_in_its_summary_junit_and_record(runner: Runner) -> None:
     path = runner.write(FLAKES)
     counters, record, junit = _counters(runner, "counters"), runner.tmp_path / "record.json", runner.tmp_path / "j.xml"
-    run = runner.pytest(*NO_HYPOTHESIS, str(path), "-v", "--dt-retries", "2", f"--junitxml={junit}",
+    run = runner.pytest(str(path), "-v", "--dt-retries", "2", f"--junitxml={junit}",
                         COUNTERS=str(counters), DISTRIBUTED_TESTING_REPORT=str(record))
     assert run.returncode == 1, run.output
     out = run.stdout
@@ -201,7 +197,7 @@ def test_pytest_reports_flaky_tests_in_its_summary_junit_and_record(runner: Runn
 def test_pytest_xdist_counts_flaky_tests_and_exits_0(runner: Runner) -> None:
     path = runner.write(FLAKES)
     counters = _counters(runner, "counters")
-    run = runner.pytest(*NO_HYPOTHESIS, str(path), "-n", "2", "--dt-retries", "2", "-k", "not broken",
+    run = runner.pytest(str(path), "-n", "2", "--dt-retries", "2", "-k", "not broken",
                         COUNTERS=str(counters))
     assert run.returncode == 0, run.output
     assert re.search(r"^=+ 3 flaky in .* =+$", run.stdout, re.M), run.stdout
@@ -216,7 +212,7 @@ def test_repeat_finds_a_failure_on_one_repetition(runner: Runner, front_end: str
     if front_end == "python":
         run = runner.run(str(path), **env, DISTRIBUTED_TESTING_REPEAT="4")
     else:
-        run = runner.pytest(*NO_HYPOTHESIS, str(path), "--dt-repeat", "4", **env)
+        run = runner.pytest(str(path), "--dt-repeat", "4", **env)
     assert run.returncode == 1, run.output
     assert "distributed_testing: failed on repetition 3 of 4 (DISTRIBUTED_TESTING_REPEAT=4)" in run.output
     assert "fails on the third run only" in run.output
@@ -259,7 +255,7 @@ if __name__ == "__main__":
 def test_bad_retries_or_repeat_stop_the_run(runner: Runner, args, env, code, message) -> None:
     counters = _counters(runner, "counters")
     if code == 4:
-        run = runner.pytest(*NO_HYPOTHESIS, str(runner.write(REPEATED)), *args, COUNTERS=str(counters), **env)
+        run = runner.pytest(str(runner.write(REPEATED)), *args, COUNTERS=str(counters), **env)
     else:
         run = runner.run(str(runner.write(PLAIN, "test_plain.py", header=False)), COUNTERS=str(counters), **env)
     assert run.returncode == code, run.output

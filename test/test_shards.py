@@ -19,10 +19,6 @@ from distributed_testing._errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Child pytest runs leave the hypothesis plugin out (hypothesis is a dependency): it adds over a
-# second to each pytest process, workers included, and plays no part in what these runs check.
-NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
-
 FILE = """
 class TestPlain(unittest.TestCase):
     def test_p1(self): pass
@@ -264,13 +260,13 @@ def test_pytest_shards_take_the_k_selection_and_durations_from_run_tests(runner:
     assert full.returncode == 0, full.output
     selection = ["-k", "p1 or p2 or p3 or r1 or r2"]
     selected = [key for key in ALL if key[-2:] in ("p1", "p2", "p3", "r1", "r2")]
-    whole = runner.pytest(*NO_HYPOTHESIS, str(path), "-q", *selection, "--dt-report", "whole.json")
+    whole = runner.pytest(str(path), "-q", *selection, "--dt-report", "whole.json")
     assert whole.returncode == 0, whole.output
     assert sorted(_keys(runner.tmp_path / "whole.json")) == sorted(selected)
     parts = []
     for i in (1, 2):
         args = ["--dt-shard", f"{i}/2", "--dt-durations", "full.json", "--dt-report", f"p{i}.json", f"--junitxml=p{i}.xml"]
-        run = runner.pytest(*NO_HYPOTHESIS, str(path), "-q", *selection, *args)
+        run = runner.pytest(str(path), "-q", *selection, *args)
         assert run.returncode == 0, run.output
         parts.append(set(_keys(runner.tmp_path / f"p{i}.json")))
         assert parts[-1] == _expected(selected, i, 2, runner.tmp_path / "full.json")
@@ -297,7 +293,7 @@ def test_pytest_xdist_shards_are_the_same_shards(runner: Runner) -> None:
     without xdist; the runs without xdist prove that the shards make up the whole."""
     pytest.importorskip("xdist")
     path = runner.write(FILE)
-    run = runner.pytest(*NO_HYPOTHESIS, str(path), "-q", "-n", "2", "--dt-shard", "2/2", "--dt-report", "x2.json")
+    run = runner.pytest(str(path), "-q", "-n", "2", "--dt-shard", "2/2", "--dt-report", "x2.json")
     assert run.returncode == 0, run.output
     part = set(_keys(runner.tmp_path / "x2.json"))
     assert part == _hash_part(ALL, 2, 2)
@@ -377,7 +373,7 @@ def test_bad_shards_and_durations_stop_the_run(runner: Runner, env: dict[str, st
     assert said in run.output and "Example: " in run.output and "Ran " not in run.output
     more = [] if "--dt-shard" in options else ["--dt-shard", "1/2"]
     for xdist in ([], ["-n", "2"]) if stale else ([],):  # xdist: a worker finds it, the run says it
-        run = runner.pytest(*NO_HYPOTHESIS, str(path), *xdist, *more, *options)
+        run = runner.pytest(str(path), *xdist, *more, *options)
         assert run.returncode == 4, run.output
         assert said.split("=")[-1] in run.output and "Example: " in run.output and " passed" not in run.output
         assert options[0] in run.output
