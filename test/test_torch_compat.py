@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import importlib.util
@@ -409,3 +410,19 @@ def test_classes_pytorch_derived_before_install_run_on_our_engine(runner):
     assert "rank 1 of 2 failed: AssertionError: rank 1 disagrees" in reports(run.output)["TestDTensor.test_fails_on_rank_1"]
     assert wait_gone(str(runner.tmp_path)) == []
     assert runner.leftovers() == []
+
+
+def test_torch_suite_every_keeps_each_suites_share(monkeypatch):
+    """``--every K``: one in K tests of each suite, evenly spread, at least one: the total estimates a full run."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from torch_suites.compare import select
+
+    def pick(count: int, every: int | None) -> list[str]:
+        args = argparse.Namespace(patterns=[], limit=None, sample=None, every=every)
+        return select([f"t{i}" for i in range(count)], args)
+
+    assert pick(10, 5) == ["t2", "t7"]
+    assert pick(3, 5) == ["t1"]
+    assert pick(11, 5) == ["t1", "t5", "t9"]
+    assert pick(0, 5) == []
+    assert pick(4, 1) == pick(4, None) == ["t0", "t1", "t2", "t3"]

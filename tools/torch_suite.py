@@ -33,6 +33,7 @@ dist autograd 6 and 4), as in PyTorch. ``all`` is every suite but ``tensorpipe``
 Examples::
 
     python tools/torch_suite.py --suite all --sample 24
+    python tools/torch_suite.py --suite all --every 5   # estimates the full run's total speed-up
     python tools/torch_suite.py --world-size 2 3 --sample 60
     python tools/torch_suite.py -k all_reduce -k broadcast --only ours
     python tools/torch_suite.py --suite rpc dist_autograd --sample 20
@@ -83,6 +84,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-k", dest="patterns", action="append", default=[], help="select tests (unittest -k rules)")
     parser.add_argument("--limit", type=int, help="the first N selected tests of each suite")
     parser.add_argument("--sample", type=int, help="N selected tests of each suite, evenly spread over its selection")
+    parser.add_argument(
+        "--every",
+        type=int,
+        metavar="K",
+        help="one in K selected tests of each suite, evenly spread: each suite keeps its share of the whole, "
+        "so the total speed-up estimates the full run's",
+    )
     parser.add_argument("--only", choices=("torch", "ours"), help="run one framework only")
     parser.add_argument("--init-method", choices=("file", "env"), default="file", help="as run_test.py (default file)")
     parser.add_argument("--start-method", default="fork", help="ours: fork (default, the fast start) or spawn")
@@ -111,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.world_size and not any(SUITES[s].world_sizes_from_env for s in suites):
         print("torch_suite: --world-size applies to dist only; the RPC suites' classes fix theirs", file=sys.stderr)
+        return 2
+    if args.every is not None and args.every < 1:
+        message = f"--every must be >= 1 (one in K tests), not {args.every}; example: --every 5"
+        print(f"torch_suite: {message}", file=sys.stderr)
         return 2
     if args.durations and not args.shard:
         print("torch_suite: --durations balances --shard; give --shard I/N too", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import os
 import re
 import shutil
@@ -155,7 +156,7 @@ def list_tests(path: str, world_size: int, work: str) -> dict[str, int]:
 
 
 def select(names: list[str], args: argparse.Namespace) -> list[str]:
-    """unittest's -k rules (a substring, or a glob with *), then --limit or --sample."""
+    """unittest's -k rules (a substring, or a glob with *), then --limit, --sample or --every."""
     if args.patterns:
         globs = [p if "*" in p else f"*{p}*" for p in args.patterns]
         names = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
@@ -164,6 +165,11 @@ def select(names: list[str], args: argparse.Namespace) -> list[str]:
     if args.sample is not None and 0 < args.sample < len(names):
         step = len(names) / args.sample
         names = [names[int(i * step)] for i in range(args.sample)]
+    every = getattr(args, "every", None)
+    if every is not None and every > 1 and names:
+        count = math.ceil(len(names) / every)  # at least one; each suite keeps its share of the whole
+        step = len(names) / count
+        names = [names[int((i + 0.5) * step)] for i in range(count)]
     return names
 
 
