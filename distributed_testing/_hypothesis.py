@@ -10,9 +10,10 @@ database. On the warm pool an example costs a few milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from distributed_testing._errors import ConfigError
@@ -52,9 +53,29 @@ def run_examples(method: Any, case: Any, dispatch: Callable[[Example], None]) ->
 
     handle.inner_test = on_the_ranks
     try:
-        method(case)
+        with _without_explain(method):
+            method(case)
     finally:
         handle.inner_test = original
+
+
+@contextlib.contextmanager
+def _without_explain(method: Any) -> Iterator[None]:
+    """Leave out hypothesis's explain phase: it traces lines in this process, where the test's own
+    lines never run, so it could only name this library's lines (and costs rank round trips)."""
+    from hypothesis import Phase, settings
+
+    current = getattr(method, "_hypothesis_internal_use_settings", None)
+    if not isinstance(current, settings) or Phase.explain not in current.phases:
+        yield
+        return
+    method._hypothesis_internal_use_settings = settings(
+        current, phases=[phase for phase in current.phases if phase is not Phase.explain]
+    )
+    try:
+        yield
+    finally:
+        method._hypothesis_internal_use_settings = current
 
 
 def _checked(example: Example) -> Example:
