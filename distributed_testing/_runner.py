@@ -191,7 +191,12 @@ class _Program(unittest.TestProgram):
 
         _forkserver.prepare_for({type(test) for test in tests})
         del tests  # the suite releases each test after it runs: hold none here
-        super().runTests()
+        try:
+            super().runTests()
+        finally:
+            # What the module made at import (a class's FileStore, say) is frozen: unfrozen, the
+            # collection at exit finalizes it as it would without the freeze (removing its files).
+            gc.unfreeze()
 
 
 def _check_names(tests: list[unittest.TestCase], module: Any, given: list[str]) -> str:

@@ -165,6 +165,28 @@ def test_a_long_run_releases_each_test_and_what_it_kept(runner: Runner) -> None:
     assert "test_flat (__main__.TestZLast.test_flat) ... ok" in run.output
 
 
+def test_what_the_module_made_at_import_is_finalized_at_exit(runner: Runner) -> None:
+    # PyTorch's test_store.py keeps a FileStore on a class, made at import: the store removes its
+    # file when it is destroyed, which a plain unittest run does at exit. Ours froze it (gc.freeze)
+    # and left the file behind.
+    path = runner.write("""
+        import tempfile
+
+        class TestClassStore(unittest.TestCase):
+            store = dist.FileStore(tempfile.NamedTemporaryFile(delete=False).name, 1)
+
+            def test_uses_it(self):
+                self.store.set("key", "value")
+                self.assertEqual(self.store.get("key"), b"value")
+
+        if __name__ == "__main__":
+            run_tests()
+        """)
+    run = runner.run(str(path))
+    assert run.returncode == 0, run.output
+    assert runner.leftovers() == []
+
+
 def test_a_one_rank_assertion_under_with_comms_stays_a_failure_and_names_the_teardown(runner: Runner) -> None:
     path = runner.write("""
         class TestComms(DTensorTestBase):
