@@ -152,8 +152,10 @@ def _run_file(path: str, argv: list[str]) -> int:
     sys.modules["__main__"] = module  # rank processes import the test file as __main__
     sys.argv = argv
     sys.path.insert(0, os.path.dirname(path))
-    with open(path, encoding="utf-8") as handle:
-        code = compile(handle.read(), path, "exec")
+    # As ``python FILE`` compiles it: bytes (the file's own coding line), and none of this
+    # module's ``from __future__`` imports (its annotations would become strings there).
+    with open(path, "rb") as handle:
+        code = compile(handle.read(), path, "exec", dont_inherit=True)
     try:
         exec(code, module.__dict__)
     except SystemExit as exc:  # the file called run_tests() (or sys.exit) itself

@@ -125,6 +125,44 @@ def test_python_m_with_a_file_that_calls_run_tests(runner):
     assert run.returncode == 0, run.output
 
 
+COMPILED = """\
+# -*- coding: latin-1 -*-
+import torch.distributed as dist
+from distributed_testing import MultiProcessTestCase, run_tests
+
+
+class TestCompiled(MultiProcessTestCase):
+    world_size = 2
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    def test_annotations_are_objects(self):
+        def hook(state: object, bucket: dist.GradBucket) -> None:
+            pass
+
+        self.assertIs(hook.__annotations__["bucket"], dist.GradBucket)
+
+    def test_the_coding_line_is_read(self):
+        self.assertEqual(ord("\u00e9"), 0xE9)
+"""
+
+
+def test_python_m_compiles_the_file_as_python_does(runner):
+    # Without the CLI module's own `from __future__ import annotations` (DDP's register_comm_hook
+    # needs a hook's `bucket` annotation to be dist.GradBucket, not a string), and in the encoding
+    # the file's coding line names.
+    path = runner.tmp_path / "test_compiled.py"
+    path.write_bytes(COMPILED.encode("latin-1"))
+    run = runner.run("-m", "distributed_testing", str(path), "-v")
+    assert run.returncode == 0, run.output
+    assert outcomes(run.output) == {
+        "TestCompiled.test_annotations_are_objects": "ok",
+        "TestCompiled.test_the_coding_line_is_read": "ok",
+    }
+
+
 def test_python_m_help_documents_every_variable(runner):
     run = runner.run("-m", "distributed_testing", "--help")
     assert run.returncode == 0
