@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -328,7 +329,9 @@ def test_pytorch_dtensor_and_fsdp_bases_run_on_our_threads(runner: Runner) -> No
         "TestFSDPThreads.test_subtests": "ok",
     }, run.output
     wrong = reports(run.output)["TestDTensorOps.test_functional_all_reduce_wrong_expectation"]
-    assert "of 4 failed: same AssertionError: Tensor-likes are not close!" in wrong
+    # Every rank thread fails the same check; one that fails first cancels the group's collectives
+    # (as PyTorch's class does), so a peer not yet back from its all_reduce may be reported stopped.
+    assert re.search(r"ranks? [\d, -]+ of 4 failed: (same )?AssertionError: Tensor-likes are not close!", wrong), wrong
     assert wrong.count("Traceback (most recent call last)") == 1
 
 
