@@ -84,7 +84,10 @@ def test_pytest_k_and_x(runner):
 def test_pytest_xdist(runner):
     pytest.importorskip("xdist")
     path = _suite(runner)
-    run = runner.pytest(path, "-q", "-n", "2", "--dt-timeout", "77", "-k", "marked or options", EXPECT_WORLD="2")
+    # One retry: gloo's connectFullMesh now and then fails on a loaded machine ("Connection closed
+    # by peer" in init_process_group, its peer fine); a failure of ours fails both attempts.
+    run = runner.pytest(path, "-q", "-n", "2", "--dt-timeout", "77", "--dt-retries", "1", "-k", "marked or options",
+                        EXPECT_WORLD="2")
     assert run.returncode == 0, run.output
     assert "3 passed" in run.output
     assert wait_gone(str(runner.tmp_path)) == []
