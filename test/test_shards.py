@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import Runner
+from conftest import PLAIN, Runner
 
 from distributed_testing import _merge, _shard
 from distributed_testing._errors import ConfigError
@@ -341,23 +341,6 @@ BAD = [
     ({"DISTRIBUTED_TESTING_DURATIONS": "bad.json"}, ["--dt-durations", "bad.json"], "which is not JSON"),
     ({"DISTRIBUTED_TESTING_DURATIONS": "stale.json"}, ["--dt-durations", "stale.json"], "test_x.TestPlain.test_gone"),
 ]
-
-# run_tests() stops on a bad setting before any test: where the file's own tests don't matter (all but
-# stale names), one that doesn't import torch shows it in a fraction of the time.
-PLAIN = """
-import unittest
-
-from distributed_testing import run_tests
-
-
-class TestPlain(unittest.TestCase):
-    def test_p1(self):
-        pass
-
-
-if __name__ == "__main__":
-    run_tests()
-"""
 
 
 @pytest.mark.slow
