@@ -1,8 +1,9 @@
 """Run suites written for PyTorch's ``common_distributed`` on this engine, unmodified.
 
 ``install()`` points the framework names of ``torch.testing._internal.common_distributed``
-(the three test-case classes, ``TEST_SKIPS``, ``TestSkip``, the skip guards,
-``at_least_x_gpu``, ``with_nccl_blocking_wait`` and ``DEFAULT_WORLD_SIZE``) and
+(the four test-case classes, ``TEST_SKIPS``, ``TestSkip``, the skip guards,
+``at_least_x_gpu``, ``with_nccl_blocking_wait``, ``DEFAULT_WORLD_SIZE``,
+``run_subtests`` and ``spawn_threads_and_init_comms``: ``REPLACED``) and
 ``torch.testing._internal.common_utils.run_tests`` at this library's, so a file that
 imports them from PyTorch *after* ``install()`` runs on this engine::
 
@@ -11,7 +12,9 @@ imports them from PyTorch *after* ``install()`` runs on this engine::
 
     from torch.testing._internal.common_distributed import MultiProcessTestCase  # ours now
 
-Helpers that are test data rather than framework (``DistTestCases``,
+PyTorch's helper modules imported earlier (``common_dtensor``, ``common_fsdp``) have
+the names they took rebound and the classes they derived rebased. Helpers that are
+test data rather than framework (``DistTestCases``,
 ``init_multigpu_helper``, ``simple_sparse_reduce_tests``, ``verify_ddp_error_logged``,
 DDP models, ...) stay PyTorch's.
 
@@ -148,31 +151,46 @@ def uninstall() -> None:
 
 def _apply(torch_module: types.ModuleType) -> None:
     utils: Any = importlib.import_module(UTILS_MODULE)
-    theirs: dict[type, type] = {}
+    ours_for: dict[int, tuple[Any, Any]] = {}  # id(PyTorch's value) -> (PyTorch's value, ours)
     for name, value in _replacements().items():
         _saved[(TORCH_MODULE, name)] = original = getattr(torch_module, name, _MISSING)
         setattr(torch_module, name, value)
-        if name in _CLASSES and isinstance(original, type):
-            theirs[original] = value
+        if original is not _MISSING:
+            ours_for[id(original)] = (original, value)
     _saved[(UTILS_MODULE, "run_tests")] = utils.run_tests
+    ours_for[id(utils.run_tests)] = (utils.run_tests, run_tests)
     utils.run_tests = run_tests
-    _rebase_derived_classes(theirs)
+    _adopt_earlier_imports(ours_for)
 
 
-def _rebase_derived_classes(theirs: dict[type, type]) -> None:
-    """Classes PyTorch's test helpers already derived from its bases (``common_distributed``'s
-    own ``DynamoDistributedMultiProcTestCase`` and ``C10dTorchCommsTestBase``, and
-    ``common_dtensor``/``common_fsdp``'s when imported before ``install()``) take ours instead."""
+def _adopt_earlier_imports(ours_for: dict[int, tuple[Any, Any]]) -> None:
+    """PyTorch's test helpers imported before ``install()`` took PyTorch's names.
+
+    Their module globals bound to a replaced name (``common_dtensor``'s
+    ``run_subtests``, ``skip_if_lt_x_gpu``, ``TEST_SKIPS``) are rebound to ours, and
+    the classes they derived from PyTorch's bases (``common_distributed``'s own
+    ``DynamoDistributedMultiProcTestCase`` and ``C10dTorchCommsTestBase``,
+    ``DTensorTestBase``, ``FSDPTest``, ...) are rebased on ours, so the order of
+    imports does not matter.
+    """
+
+    def ours(value: Any) -> Any:
+        entry = ours_for.get(id(value))
+        return entry[1] if entry is not None and entry[0] is value else value
+
     for module_name, module in list(sys.modules.items()):
         if not module_name.startswith("torch.testing._internal") or module is None:
             continue
-        for value in list(vars(module).values()):
-            if not isinstance(value, type) or value.__module__ != module_name or value in theirs:
-                continue
-            bases = tuple(theirs.get(base, base) for base in value.__bases__)
-            if bases != value.__bases__:
-                _rebased.setdefault(value, value.__bases__)
-                value.__bases__ = bases
+        for name, value in list(vars(module).items()):
+            if ours(value) is not value:
+                if module_name not in (TORCH_MODULE, UTILS_MODULE):
+                    _saved[(module_name, name)] = value
+                    setattr(module, name, ours(value))
+            elif isinstance(value, type) and value.__module__ == module_name:
+                bases = tuple(ours(base) for base in value.__bases__)
+                if bases != value.__bases__:
+                    _rebased.setdefault(value, value.__bases__)
+                    value.__bases__ = bases
 
 
 _rebased: dict[type, tuple[type, ...]] = {}  # a class of PyTorch's -> its own bases, while installed

@@ -164,11 +164,13 @@ def test_install_is_idempotent_and_uninstall_restores_pytorch(runner):
         """
         import torch.testing._internal.common_distributed as cd
         import torch.testing._internal.common_utils as cu
+        from torch.testing._internal.distributed._tensor import common_dtensor as dt
         from distributed_testing import torch_compat
         import distributed_testing
 
         originals = {name: getattr(cd, name) for name in torch_compat.REPLACED}
         run_tests = cu.run_tests
+        helper = dt.run_subtests, dt.DTensorTestBase.__bases__
         torch_compat.install()
         torch_compat.install()
         assert torch_compat.installed()
@@ -178,10 +180,14 @@ def test_install_is_idempotent_and_uninstall_restores_pytorch(runner):
         assert cd.skip_if_lt_x_gpu is distributed_testing.skip_if_lt_x_gpu
         assert cu.run_tests is torch_compat.run_tests
         assert cd.DistTestCases is not None and cd.init_multigpu_helper.__module__ == cd.__name__  # data stays
+        # a helper imported before install(): its globals and classes take ours
+        assert dt.run_subtests is cd.run_subtests and dt.TEST_SKIPS is cd.TEST_SKIPS
+        assert issubclass(dt.DTensorTestBase, distributed_testing.MultiProcessTestCase)
         torch_compat.uninstall()
         assert not torch_compat.installed()
         assert {name: getattr(cd, name) for name in torch_compat.REPLACED} == originals
         assert cu.run_tests is run_tests
+        assert (dt.run_subtests, dt.DTensorTestBase.__bases__) == helper
         print("COMPAT OK")
         """,
         name="check.py",
