@@ -116,17 +116,18 @@ class TensorAssertions(expecttest.TestCase):
         """Every rank holds the same ``value``: see :func:`assert_same_on_all_ranks`."""
         assert_same_on_all_ranks(value, group, msg)
 
-    def assertExpectedInline(self, actual: str, expect: str, skip: int = 0) -> None:  # noqa: N802
+    def assertExpectedInline(self, actual: Any, expect: str, skip: int = 0, **options: Any) -> None:  # noqa: N802
         """expecttest's check, made safe for ranks.
 
         In a rank the value is also recorded, so the parent can tell when ranks
         disagree; with EXPECTTEST_ACCEPT=1 ranks do not write the file: the
-        parent accepts once, for all of them.
+        parent accepts once, for all of them. ``options`` go to the next class's
+        check (PyTorch's TestCase: ``ignore_comments``, ``ignore_empty_lines``).
         """
         from distributed_testing import _expect
 
         if not _expect.record(self, actual, expect, skip + 1):
-            super().assertExpectedInline(actual, expect, skip=skip + 1)
+            super().assertExpectedInline(actual, expect, skip=skip + 1, **options)
 
 
 def assert_same_on_all_ranks(value: Any, group: Any = None, msg: str | None = None) -> None:

@@ -25,10 +25,12 @@ class ConfigError(DistributedTestingError, ValueError):
         return (type(self), (str(self), self.name, self.value))
 
 
-class RankFailure(DistributedTestingError):
+class RankFailure(DistributedTestingError, RuntimeError):
     """A distributed test failed in one or more ranks (or timed out).
 
-    The message is the full report; ``ranks`` are the failing ranks.
+    The message is the full report; ``ranks`` are the failing ranks. A
+    RuntimeError, as PyTorch's framework raises (``assertRaises(RuntimeError)``
+    around a threaded test body works on both).
     """
 
     def __init__(self, message: str, ranks: tuple[int, ...] = (), test_id: str = "", timed_out: bool = False) -> None:
@@ -41,9 +43,10 @@ class RankFailure(DistributedTestingError):
         return (type(self), (str(self), self.ranks, self.test_id, self.timed_out))
 
 
-class RankAssertionError(DistributedTestingError, AssertionError):
+class RankAssertionError(DistributedTestingError, AssertionError, RuntimeError):
     """A distributed test whose failing ranks all failed an assertion.
 
     An AssertionError, so unittest and pytest count it as a failure (not an
-    error); the message is the full report.
+    error), and a RuntimeError, as PyTorch's framework raises; the message is
+    the full report.
     """

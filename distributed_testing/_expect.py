@@ -26,11 +26,12 @@ def accepting() -> bool:
     return bool(os.getenv("EXPECTTEST_ACCEPT"))
 
 
-def record(case: Any, actual: str, expect: str, skip: int) -> bool:
+def record(case: Any, actual: Any, expect: str, skip: int) -> bool:
     """In a rank (process or thread), note the value; return True when the rank must not check it itself."""
     recorded = _rank.expectation_list()
     if recorded is None:
         return False
+    actual = actual if isinstance(actual, str) else str(actual)  # as PyTorch's TestCase takes any value
     filters = getattr(case, "_expect_filters", None)
     if filters:
         import expecttest

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import functools
 import os
 import random
 import signal
@@ -347,6 +348,28 @@ def run_in_rank(
     unittest.TestCase.run(case, collector)
     result = _result_of(collector, rank, time.monotonic() - start)
     return dataclasses.replace(result, expectations=tuple(recorded or ()))
+
+
+def stop_peers_on_expected_failure(case: unittest.TestCase, on_stop: Callable[[], None]) -> None:
+    """Call ``on_stop`` as soon as an expected-failure test raises.
+
+    unittest records an expected failure only after tearDown, while the rank's peers
+    may be blocked in a collective it will not join (rank threads: wake them)."""
+    name = case._testMethodName
+    method = getattr(case, name)
+    marker = "__unittest_expecting_failure__"  # unittest.expectedFailure, on the method or the class
+    if not (getattr(case, marker, False) or getattr(method, marker, False)):
+        return
+
+    @functools.wraps(method)
+    def stopping_peers_on_raise(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except BaseException:
+            on_stop()
+            raise
+
+    setattr(case, name, stopping_peers_on_raise)
 
 
 def expectation_list() -> list[tuple[str, int, str, str]] | None:

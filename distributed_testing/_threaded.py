@@ -180,6 +180,7 @@ class MultiThreadedTestCase(Retrying, TensorAssertions):
             finally:
                 self.perThreadTearDown()
 
+        _rank.stop_peers_on_expected_failure(self, run.stop_peers)
         result = _rank.run_in_rank(self, rank, set_up, tear_down, seed=False, on_stop=run.stop_peers)
         run.results.setdefault(rank, result)
 
@@ -229,9 +230,9 @@ def _expected_inline_recorded(case: unittest.TestCase) -> Iterator[None]:
         yield
         return
 
-    def assert_expected_inline(actual: str, expect: str, skip: int = 0) -> None:
+    def assert_expected_inline(actual: Any, expect: str, skip: int = 0, **options: Any) -> None:
         if not _expect.record(case, actual, expect, skip + 1):
-            original(actual, expect, skip=skip + 1)
+            original(actual, expect, skip=skip + 1, **options)
 
     case.assertExpectedInline = assert_expected_inline  # type: ignore[attr-defined]
     try:

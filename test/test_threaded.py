@@ -86,6 +86,13 @@ class TestThreads(MultiThreadedTestCase):
         run_subtests(self, {"x": [1, 2, 3]}, lambda x, scale: calls.append(x * scale), scale=10)
         self.assertEqual(calls, [10, 20, 30])
 
+    @unittest.expectedFailure
+    def test_k_known_failure_on_rank_0(self):
+        t = torch.ones(1)
+        if self.rank == 0:
+            self.assertEqual(self.rank, 1, "known bug")
+        dist.all_reduce(t)  # the others wait here for rank 0: woken at once, not at the deadline
+
 
 class TestTwoThreads(MultiThreadedTestCase):
     @property
@@ -120,6 +127,16 @@ class TestDecorated(unittest.TestCase):
             raise RuntimeError("rank three")
         dist.all_reduce(torch.ones(1))
 
+    def test_failure_is_a_runtime_error(self):  # as PyTorch's own test_multi_threaded_pg.py checks
+        @spawn_threads_and_init_comms(world_size=2)
+        def body(self):
+            if dist.get_rank() == 0:
+                raise AssertionError("Mimic real test failure.")
+            dist.all_reduce(torch.ones(1))
+
+        with self.assertRaises(RuntimeError):
+            body(self)
+
 
 class TestZAfterwards(unittest.TestCase):
     def test_world_is_restored(self):
@@ -146,10 +163,12 @@ EXPECTED = {
     "TestThreads.test_h_skip_on_one_rank": "skipped 'rank 1 says no'",
     "TestThreads.test_i_subtests": "FAIL",
     "TestThreads.test_j_subtests_pass": "ok",
+    "TestThreads.test_k_known_failure_on_rank_0": "expected failure",
     "TestTwoThreads.test_gather": "ok",
     "TestNoSpawn.test_forgot_spawn": "ERROR",
     "TestDecorated.test_passes": "ok",
     "TestDecorated.test_default_world_fails_on_rank_3": "ERROR",
+    "TestDecorated.test_failure_is_a_runtime_error": "ok",
     "TestZAfterwards.test_world_is_restored": "ok",
 }
 
@@ -196,6 +215,8 @@ def test_rank_threads_fold_into_one_outcome(runner: Runner) -> None:
     assert [ranks[r]["outcome"] for r in range(4)] == ["stopped", "stopped", "failed", "stopped"]
     assert ranks[2]["exc_type"] == "AssertionError"
     assert [r["outcome"] for r in tests["test_a_all_reduce"]["ranks"]] == ["passed"] * 4
+    known = {entry["rank"]: entry["outcome"] for entry in tests["test_k_known_failure_on_rank_0"]["ranks"]}
+    assert known == {0: "failed", 1: "stopped", 2: "stopped", 3: "stopped"}, known  # not hung till the deadline
     assert runner.leftovers() == []
 
 
@@ -299,6 +320,10 @@ class TestDTensorOps(DTensorOpTestBase):
         out = funcol.all_reduce(torch.ones(2), "sum", mesh)
         self.assertEqual(out, torch.full((2,), 3.0))
 
+    def test_expect_inline_takes_pytorch_s_options(self):
+        self.assertExpectedInline(self.world_size, "4")  # any value: its str()
+        self.assertExpectedInline("a\\n\\nb", "a\\nb", ignore_empty_lines=True)
+
 
 class TestFSDPThreads(FSDPTestMultiThread):
     @property
@@ -326,6 +351,7 @@ def test_pytorch_dtensor_and_fsdp_bases_run_on_our_threads(runner: Runner) -> No
     assert outcomes(run.output) == {
         "TestDTensorOps.test_redistribute": "ok",
         "TestDTensorOps.test_functional_all_reduce_wrong_expectation": "FAIL",
+        "TestDTensorOps.test_expect_inline_takes_pytorch_s_options": "ok",
         "TestFSDPThreads.test_subtests": "ok",
     }, run.output
     wrong = reports(run.output)["TestDTensorOps.test_functional_all_reduce_wrong_expectation"]
