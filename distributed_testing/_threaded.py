@@ -34,7 +34,7 @@ import unittest
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from distributed_testing import _config, _expect, _rank
+from distributed_testing import _config, _expect, _guards, _rank
 from distributed_testing._assertions import TensorAssertions
 from distributed_testing._guards import guard_reason
 from distributed_testing._protocol import FAILED, PASSED, SKIPPED, RankResult
@@ -92,9 +92,10 @@ class MultiThreadedTestCase(Retrying, TensorAssertions):
 
     @property
     def world_size(self) -> int:
-        """Rank threads per test: ``requires_world_size(n)`` / ``world_sizes``, else 4 (WORLD_SIZE is not read)."""
+        """Rank threads per test: ``requires_world_size(n)`` / ``world_sizes``, else PyTorch's default
+        (4; on ROCm the GPU count clamped to 2..4). WORLD_SIZE is not read."""
         required = required_world_size(self)
-        return int(required) if required is not None else DEFAULT_WORLD_SIZE
+        return int(required) if required is not None else _guards.DEFAULT_WORLD_SIZE
 
     @property
     def _current_test_name(self) -> str:

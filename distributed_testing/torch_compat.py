@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed_testing import _guards
+from distributed_testing._parsers import ENV_TIMEOUT
 
 __unittest = True  # hide these frames from user tracebacks
 
@@ -96,6 +97,7 @@ _TORCH_NAMES_USED: tuple[tuple[str, str], ...] = (
     (UTILS_MODULE, "parse_cmd_line_args"),
     (UTILS_MODULE, "UNITTEST_ARGS"),
     (UTILS_MODULE, "RUN_PARALLEL"),
+    (TORCH_MODULE, "TIMEOUT_DEFAULT"),
     *((UTILS_MODULE, name) for name in _PYTORCH_RUNNER_MODES),
     *((module, name) for module, name, _variable, _default in _IMPORT_TIME_ENV),
 )
@@ -107,6 +109,8 @@ if TYPE_CHECKING:  # made on first use (they need PyTorch's TestCase): see _buil
     MultiThreadedTestCase: Any
 
 _MISSING = object()
+_PYTORCH_DEFAULT_TIMEOUT = 300
+_deadline_before: list[str | None] = []  # ENV_TIMEOUT before install() set it from PyTorch's, while installed
 _saved: dict[tuple[str, str], Any] = {}  # (module, name) -> PyTorch's value, while installed
 _classes_cache: dict[str, type] = {}
 _boot_dir: str | None = None  # the sitecustomize directory of install(subprocesses=True)
@@ -145,6 +149,12 @@ def uninstall() -> None:
     for cls, bases in _rebased.items():
         cls.__bases__ = bases
     _rebased.clear()
+    if _deadline_before:
+        before = _deadline_before.pop()
+        if before is None:
+            os.environ.pop(ENV_TIMEOUT, None)
+        else:
+            os.environ[ENV_TIMEOUT] = before
     _remove_import_hook()
     os.environ.pop(ENV_FLAG, None)
 
@@ -161,6 +171,18 @@ def _apply(torch_module: types.ModuleType) -> None:
     ours_for[id(utils.run_tests)] = (utils.run_tests, run_tests)
     utils.run_tests = run_tests
     _adopt_earlier_imports(ours_for)
+    _adopt_pytorch_deadline(torch_module)
+
+
+def _adopt_pytorch_deadline(torch_module: types.ModuleType) -> None:
+    """PyTorch's per-test deadline when it is not its default 300 s (DISTRIBUTED_TESTS_DEFAULT_TIMEOUT,
+    500 s under TSAN) and this library's is not set: a CI job that raised it keeps it here."""
+    seconds = getattr(torch_module, "TIMEOUT_DEFAULT", _PYTORCH_DEFAULT_TIMEOUT)
+    usable = isinstance(seconds, int) and seconds > 0
+    if not usable or seconds == _PYTORCH_DEFAULT_TIMEOUT or os.environ.get(ENV_TIMEOUT):
+        return
+    _deadline_before.append(os.environ.get(ENV_TIMEOUT))
+    os.environ[ENV_TIMEOUT] = str(seconds)
 
 
 def _adopt_earlier_imports(ours_for: dict[int, tuple[Any, Any]]) -> None:

@@ -162,6 +162,7 @@ def test_pytorch_framework_passes_a_test_whose_rank_1_dies(runner):
 def test_install_is_idempotent_and_uninstall_restores_pytorch(runner):
     path = runner.write(
         """
+        import os
         import torch.testing._internal.common_distributed as cd
         import torch.testing._internal.common_utils as cu
         from torch.testing._internal.distributed._tensor import common_dtensor as dt
@@ -183,17 +184,19 @@ def test_install_is_idempotent_and_uninstall_restores_pytorch(runner):
         # a helper imported before install(): its globals and classes take ours
         assert dt.run_subtests is cd.run_subtests and dt.TEST_SKIPS is cd.TEST_SKIPS
         assert issubclass(dt.DTensorTestBase, distributed_testing.MultiProcessTestCase)
+        assert os.environ["DISTRIBUTED_TESTING_TIMEOUT"] == "45"  # PyTorch's DISTRIBUTED_TESTS_DEFAULT_TIMEOUT
         torch_compat.uninstall()
         assert not torch_compat.installed()
         assert {name: getattr(cd, name) for name in torch_compat.REPLACED} == originals
         assert cu.run_tests is run_tests
         assert (dt.run_subtests, dt.DTensorTestBase.__bases__) == helper
+        assert os.environ["DISTRIBUTED_TESTING_TIMEOUT"] == ""
         print("COMPAT OK")
         """,
         name="check.py",
         header=False,
     )
-    run = runner.run(str(path))
+    run = runner.run(str(path), DISTRIBUTED_TESTS_DEFAULT_TIMEOUT="45", DISTRIBUTED_TESTING_TIMEOUT="")
     assert run.returncode == 0, run.output
     assert "COMPAT OK" in run.stdout
 
