@@ -23,6 +23,7 @@ from distributed_testing._guards import guard_reason
 from distributed_testing._hypothesis import is_hypothesis_test, run_examples
 from distributed_testing._protocol import ERROR, FAILED, PASSED, RankContext
 from distributed_testing._run import TestRun
+from distributed_testing._skips import not_spawned_reason
 from distributed_testing._world_sizes import class_world_size, zero_world_size_reason
 
 __unittest = True
@@ -144,6 +145,8 @@ def _run_example(run: TestRun, case: Any, fn: Any, example: Any) -> None:
 def _join_once(run: TestRun, case: Any, fn: Any) -> None:
     __tracebackhide__ = True
     if not run.handles and run.debug_rank is None:
+        if case._dt_unspawned_skips:
+            raise unittest.SkipTest(not_spawned_reason("processes"))
         raise ConfigError(
             f"{case.id()} started no rank processes: call self._spawn_processes() in "
             "setUp. Example: def setUp(self): super().setUp(); self._spawn_processes()",

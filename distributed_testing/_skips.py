@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["TEST_SKIPS", "TestSkip", "reason_for_exit_code", "skip_exit_code"]
+__all__ = ["TEST_SKIPS", "TestSkip", "not_spawned_reason", "reason_for_exit_code", "skip_exit_code"]
 
 
 class TestSkip(NamedTuple):
@@ -52,3 +52,12 @@ def reason_for_exit_code(code: int) -> str | None:
 def skip_exit_code(reason: str) -> int:
     """The exit code a rank leaves with after skipping for ``reason``."""
     return _BY_MESSAGE.get(reason, TEST_SKIPS["generic"].exit_code)
+
+
+def not_spawned_reason(ranks: str) -> str:
+    """Why a torch_compat test whose setUp started no ``ranks`` ("threads", "processes") skips:
+    PyTorch's framework passes it without running its body; this library's own classes raise."""
+    return (
+        f"setUp started no rank {ranks} (it does not call self._spawn_{ranks}()), so the test body "
+        "did not run; PyTorch's framework reports such a test passed"
+    )

@@ -48,6 +48,7 @@ class MultiProcessTestCase(Retrying, TensorAssertions, expecttest.TestCase):
     _dt_default_world_size: ClassVar[int] = DEFAULT_WORLD_SIZE
     _dt_reads_world_size: ClassVar[bool] = True  # WORLD_SIZE overrides the default
     _dt_reads_backend: ClassVar[bool] = True  # False: BACKEND is the test's own business (PyTorch's class)
+    _dt_unspawned_skips: ClassVar[bool] = False  # True: a setUp that starts no rank skips (PyTorch's class)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

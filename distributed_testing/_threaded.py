@@ -39,6 +39,7 @@ from distributed_testing._assertions import TensorAssertions
 from distributed_testing._guards import guard_reason
 from distributed_testing._protocol import FAILED, PASSED, SKIPPED, RankResult
 from distributed_testing._retry import Retrying
+from distributed_testing._skips import not_spawned_reason
 from distributed_testing._threaded_run import ThreadedRun, c10d_module, current_run, join_threads
 from distributed_testing._world_sizes import checked_method_name, expand_world_sizes, required_world_size
 
@@ -76,6 +77,7 @@ class MultiThreadedTestCase(Retrying, TensorAssertions):
     MAIN_THREAD_RANK = -1
     timeout: ClassVar[float | None] = None
     global_store: ClassVar[Any] = None  # PyTorch's name: the running test's shared store
+    _dt_unspawned_skips: ClassVar[bool] = False  # torch_compat: a setUp without _spawn_threads() skips
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -112,6 +114,8 @@ class MultiThreadedTestCase(Retrying, TensorAssertions):
             if self._dt_skip_reason is not None:
                 raise unittest.SkipTest(self._dt_skip_reason)
             if not self.threads:
+                if self._dt_unspawned_skips:
+                    raise unittest.SkipTest(not_spawned_reason("threads"))
                 join_threads([], self)  # raises: no threads were spawned
             self._join_threads(self.threads, fn)
             return None

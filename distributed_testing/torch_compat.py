@@ -271,6 +271,7 @@ def _build_classes() -> dict[str, type]:
         _dt_default_world_size = _guards.DEFAULT_WORLD_SIZE
         _dt_reads_world_size = False
         _dt_reads_backend = False  # a BACKEND the test sets is its own business, as on PyTorch's
+        _dt_unspawned_skips = True  # PyTorch's passes a test whose setUp starts no rank, unrun: a skip here
 
         def _rank_setup(self) -> None:
             _refresh_import_time_env()
@@ -284,6 +285,8 @@ def _build_classes() -> dict[str, type]:
 
     class MultiThreadedTestCase(PyTorchFlavour, _threaded.MultiThreadedTestCase, torch_case):  # type: ignore[misc]
         """Our MultiThreadedTestCase with PyTorch's assertions."""
+
+        _dt_unspawned_skips = True  # as MultiProcessTestCase's
 
     classes: dict[str, type] = {
         "MultiProcessTestCase": MultiProcessTestCase,

@@ -435,3 +435,39 @@ def test_torch_suite_every_keeps_each_suites_share(monkeypatch):
     assert pick(11, 5) == ["t1", "t5", "t9"]
     assert pick(0, 5) == []
     assert pick(4, 1) == pick(4, None) == ["t0", "t1", "t2", "t3"]
+
+
+# PyTorch's own test_multi_threaded_pg.py once had such a class: PyTorch's framework passes its tests unrun.
+UNSPAWNED = """
+from torch.testing._internal.common_distributed import MultiProcessTestCase, MultiThreadedTestCase
+from torch.testing._internal.common_utils import run_tests
+
+
+class TestProcesses(MultiProcessTestCase):
+    def test_body_never_runs(self):
+        raise ValueError("the body ran")
+
+
+class TestThreads(MultiThreadedTestCase):
+    def test_body_never_runs(self):
+        raise ValueError("the body ran")
+
+
+if __name__ == "__main__":
+    run_tests()
+"""
+
+
+def test_a_setup_that_starts_no_rank_skips_saying_so(runner):
+    """PyTorch's framework reports such a test passed; ours a skip that says why (our own classes: an error)."""
+    path = runner.write(UNSPAWNED, header=False)
+    run = runner.run("-m", "distributed_testing", "--torch-compat", str(path), "-v")
+    assert run.returncode == 0, run.output
+    for kind in ("Processes", "Threads"):
+        reason = outcomes(run.output)[f"Test{kind}.test_body_never_runs"]
+        assert reason.startswith("skipped"), run.output
+        assert f"setUp started no rank {kind.lower()} (it does not call self._spawn_{kind.lower()}())" in reason
+    assert "the body ran" not in run.output
+    assert runner.leftovers() == []
+    theirs = runner.run(str(path), "-v")  # (PyTorch's framework leaves a temp directory behind)
+    assert theirs.returncode == 0 and "Ran 2 tests" in theirs.output, theirs.output
