@@ -471,3 +471,62 @@ def test_a_setup_that_starts_no_rank_skips_saying_so(runner):
     assert runner.leftovers() == []
     theirs = runner.run(str(path), "-v")  # (PyTorch's framework leaves a temp directory behind)
     assert theirs.returncode == 0 and "Ran 2 tests" in theirs.output, theirs.output
+
+
+A_PYTORCH_FILE = UNSPAWNED.replace(
+    'if __name__ == "__main__":',
+    '''class TestGloo(MultiProcessTestCase):
+    @property
+    def world_size(self):
+        return 2
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    def test_all_reduce(self):
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", rank=self.rank, world_size=2, init_method=f"file://{self.file_name}")
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        self.assertEqual(t.item(), 2.0)
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":''',
+)
+
+
+def test_torch_suite_compares_a_pytorch_test_file_as_it_is(runner):
+    """``--file``: a test file run where it is on both frameworks, its differences classified."""
+    path = runner.write(A_PYTORCH_FILE, name="test_c10d_like.py", header=False)
+    report = runner.tmp_path / "compare.json"
+    cmd = [sys.executable, str(REPO / "tools" / "torch_suite.py"), "--file", str(path), "--json", str(report)]
+    proc = subprocess.run(cmd, env=runner.env(), capture_output=True, text=True, timeout=240, cwd=runner.tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # no defect
+    (summary,) = json.loads(report.read_text())
+    assert summary["suite"] == "test_c10d_like" and summary["tests"] == 3, summary
+    theirs, ours = (run["counts"] for run in summary["runs"])
+    assert theirs == {"passed": 3, "failed": 0, "error": 0, "skipped": 0, "missing": 0}, proc.stdout
+    assert ours == {"passed": 1, "failed": 0, "error": 0, "skipped": 2, "missing": 0}, proc.stdout
+    assert {d["test"]: d["kind"] for d in summary["differences"]} == {
+        "TestProcesses.test_body_never_runs": "no rank started",
+        "TestThreads.test_body_never_runs": "no rank started",
+    }
+    assert wait_gone(str(runner.tmp_path)) == []
+    missing = subprocess.run(
+        [*cmd[:2], "--file", "nowhere.py"], env=runner.env(), capture_output=True, text=True, cwd=runner.tmp_path
+    )
+    assert missing.returncode == 2 and "--file: no such file: nowhere.py" in missing.stderr
+
+
+def test_torch_suite_classifies_differences(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from torch_suites.compare import classify
+
+    assert classify("error", "failed", "Process 0 exited with error code 10", "", None) == "both fail"
+    assert classify("error", "passed", "", "", None) == "fails on PyTorch only"
+    assert classify("passed", "failed", "", "", [{"rank": 0, "outcome": "failed"}]) == "defect"
+    assert classify("passed", "skipped", "", "needs 2 CUDA devices", None) == "defect"

@@ -27,6 +27,9 @@ nccl here) and defects (everything else). Suites (``--suite``, several, or ``all
 * ``faulty``: ``test_faulty_agent.py``'s ``generate_tests("Faulty",
   FaultyRpcAgentTestFixture, FAULTY_AGENT_TESTS)``.
 
+``--file PATH ...`` compares PyTorch's own test files instead (``test/distributed``
+of its repository, not in the wheel: fetch them), each run where it is, as it is.
+
 The RPC suites' classes fix their world size (4; remote module 2 and 3; DDP under
 dist autograd 6 and 4), as in PyTorch. ``all`` is every suite but ``tensorpipe``.
 
@@ -37,6 +40,7 @@ Examples::
     python tools/torch_suite.py --world-size 2 3 --sample 60
     python tools/torch_suite.py -k all_reduce -k broadcast --only ours
     python tools/torch_suite.py --suite rpc dist_autograd --sample 20
+    python tools/torch_suite.py --file /tmp/test_c10d_gloo.py /tmp/tensor/test_dtensor.py
     python tools/torch_suite.py --world-size 2 --only ours --keep full   # full/ours-dist-ws2.json: durations
     python tools/torch_suite.py --world-size 2 --only ours --shard 1/3 --durations full/ours-dist-ws2.json
 
@@ -56,7 +60,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from torch_suites.catalog import ALL, SUITES, resolve
+from torch_suites.catalog import ALL, SUITES, file_suite, resolve
 from torch_suites.compare import compare
 
 DEFAULT_WORLD_SIZE = 3  # run_test.py's gloo WORLD_SIZE on a machine without exactly 2 GPUs
@@ -71,9 +75,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--suite",
         nargs="+",
         choices=[*SUITES, "all"],
-        default=["dist"],
         metavar="NAME",
         help=f"one or more of {', '.join(SUITES)}, or all ({', '.join(ALL)}); default dist",
+    )
+    parser.add_argument(
+        "--file",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="instead of the wheel's suites: PyTorch test files run as they are (test/distributed/..., "
+        "fetched from its repository), each as python FILE -v and with --torch-compat",
     )
     parser.add_argument(
         "--world-size",
@@ -113,11 +124,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    suites = resolve(args.suite)
+    if args.file and args.suite:
+        print("torch_suite: give --suite or --file, not both", file=sys.stderr)
+        return 2
+    missing = [path for path in args.file if not os.path.isfile(path)]
+    if missing:
+        print(f"torch_suite: --file: no such file: {missing[0]}; example: --file test_c10d_gloo.py", file=sys.stderr)
+        return 2
+    suites = resolve(args.suite or ["dist"]) if not args.file else []
     if args.world_size and any(n < 1 for n in args.world_size):
         print("torch_suite: --world-size values must be >= 1", file=sys.stderr)
         return 2
-    if args.world_size and not any(SUITES[s].world_sizes_from_env for s in suites):
+    if args.world_size and not any(SUITES[s].world_sizes_from_env for s in suites):  # (--file included)
         print("torch_suite: --world-size applies to dist only; the RPC suites' classes fix theirs", file=sys.stderr)
         return 2
     if args.every is not None and args.every < 1:
@@ -147,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = compare(args, name, world_size, work)
                 if result is not None:
                     summary.append(result)
+        for path in args.file:  # the file's classes fix their world sizes; WORLD_SIZE=4 as for the RPC suites
+            suite = file_suite(path)
+            result = compare(args, suite.name, 4, work, suite)
+            if result is not None:
+                summary.append(result)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from torch_suites.catalog import SUITES
+from torch_suites.catalog import FILE_RUNNER, SUITES, Suite
 
 RECORD_ENV = "TORCH_SUITE_RECORD"  # where the generated file records PyTorch's runner's outcomes
+_GENERATED = "test_torch_suite_"  # the generated files' names: test_torch_suite_<suite>.py
 OUTCOMES = ("passed", "failed", "error", "skipped")
 
 # Differences where ours is right by design (README, "Moving from PyTorch"), each with how it is recognised.
@@ -27,10 +28,14 @@ BY_DESIGN = {
     "non-zero rank failed": "PyTorch reads only rank 0's exit code; here rank 0 passed and another rank did not",
     "world_size 0": "a class whose world_size is 0 skips here; PyTorch starts no rank and reports it passed",
     "requires_world_size": "requires_world_size(n) skips only with nccl here; PyTorch skips without n GPUs",
+    "no rank started": "setUp starts no rank: a skip that says so here; PyTorch passes the test without running it",
+    "both fail": "fails on both; a failure in the ranks is FAIL here, an ERROR (RuntimeError) on PyTorch's",
+    "fails on PyTorch only": "passes here, fails on PyTorch's (the target: nothing that passes there fails here)",
 }
 
 _LISTER = """
-import importlib.util, sys, unittest
+import importlib.util, os, sys, unittest
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))  # as python FILE: its siblings import
 spec = importlib.util.spec_from_file_location("__suite__", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -69,12 +74,17 @@ class Run:
         return {o: self.count(o) for o in (*OUTCOMES, "missing")}
 
 
-def compare(args: argparse.Namespace, suite_name: str, world_size: int, work: str) -> dict[str, Any] | None:
+def compare(
+    args: argparse.Namespace, suite_name: str, world_size: int, work: str, suite: Suite | None = None
+) -> dict[str, Any] | None:
     """Run both frameworks on one suite (at one WORLD_SIZE); print and return the comparison."""
-    suite = SUITES[suite_name]
-    path = os.path.join(work, f"test_torch_suite_{suite_name}.py")
-    with open(path, "w") as handle:
-        handle.write(suite.source)
+    suite = suite or SUITES[suite_name]
+    if suite.file:
+        path = suite.file
+    else:
+        path = os.path.join(work, f"test_torch_suite_{suite_name}.py")
+        with open(path, "w") as handle:
+            handle.write(suite.source)
     listed = list_tests(path, world_size, work)
     names = select(list(listed), args)
     expected = shard_names(path, names, listed, args)  # the tests a run of this shard runs
@@ -198,12 +208,18 @@ def run_framework(
 ) -> Run:
     """Run ``names`` of the file at ``path`` in a fresh subprocess on one framework; ``expected``:
     the tests it should run (``names`` unless it shards them itself), the others it runs not missing."""
-    tag = f"{which}-{os.path.basename(path)[len('test_torch_suite_') : -3]}-ws{world_size}"
+    stem = os.path.basename(path)[:-3]
+    tag = f"{which}-{stem.removeprefix(_GENERATED)}-ws{world_size}"
     temp_dir = tempfile.mkdtemp(prefix=f"{tag}-", dir=work)
     report = os.path.join(work, f"{tag}.json")
     env = suite_env(world_size, args.init_method, temp_dir)
     if which == "torch":
         cmd = [sys.executable, path, "-v", *names]
+        if not os.path.basename(path).startswith(_GENERATED):  # --file: recorded by a runner
+            runner = os.path.join(work, "torch_suite_file_runner.py")
+            with open(runner, "w") as handle:
+                handle.write(FILE_RUNNER)
+            cmd.insert(1, runner)
         env[RECORD_ENV] = report
         label = "PyTorch common_distributed (spawn)"
     else:
@@ -327,6 +343,12 @@ def classify(theirs: str, mine: str, torch_message: str, ours_message: str, rank
         return "world_size 0"
     if theirs == "skipped" and mine != "skipped" and re.match(r"requires \d+ GPUs, found \d+", torch_message):
         return "requires_world_size"
+    if theirs == "passed" and mine == "skipped" and "setUp started no rank" in ours_message:
+        return "no rank started"
+    if theirs in ("failed", "error") and mine in ("failed", "error"):
+        return "both fail"
+    if theirs in ("failed", "error") and mine == "passed":
+        return "fails on PyTorch only"
     return "defect"
 
 
