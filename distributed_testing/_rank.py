@@ -203,6 +203,9 @@ class _Collector(unittest.TestResult):
         self.exit_info: ErrorInfo | None = None  # the traceback of that sys.exit
         self.phase = ""  # the rank hook running now, named in its errors
         self.failed_at = 0.0  # when the first error was recorded
+        # A failed or skipped subTest ends the test in this rank, as in a rank of PyTorch's
+        # (which runs the method bare): its peers would wait in collectives it no longer joins.
+        self.failfast = True
 
     def addError(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
         exc = err[1]
@@ -240,8 +243,7 @@ class _Collector(unittest.TestResult):
 
     def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
         self.skip_reason = reason
-        if type(test).__name__ != "_SubTest":  # a skipped subtest does not end the test
-            self._stopped()
+        self._stopped()
 
     def addExpectedFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
         # The parent's method carries the same marker: report the failure so the

@@ -81,6 +81,16 @@ class TestCases(MultiProcessTestCase):
             with self.subTest(i=i):
                 self.assertNotEqual(i + self.rank, 2)
 
+    def test_subtest_failure_ends_the_rank(self):
+        self._pg()
+
+        def check(x):
+            if self.rank == 1 and x == 1:
+                self.assertEqual(x, 0, "rank 1 disagrees")
+            dist.all_reduce(torch.ones(1))  # the others wait here for rank 1, which has left: no hang
+
+        run_subtests(self, {"x": [1, 2]}, check)
+
     @unittest.expectedFailure
     def test_expected_failure(self):
         self.assertEqual(self.rank, -5)
@@ -233,6 +243,13 @@ def test_subtest_failures_name_the_subtest(cases):
     report = _report(cases, "TestCases.test_subtest")
     assert "rank 1 of 3 failed: AssertionError: 2 == 2 (in subTest (i=1))" in report
     assert "rank 2 of 3 failed: AssertionError: 2 == 2 (in subTest (i=0))" in report
+
+
+def test_a_failed_subtest_ends_its_rank_as_on_pytorch_s(cases):
+    assert _outcome(cases, "TestCases.test_subtest_failure_ends_the_rank") == "FAIL"
+    report = _report(cases, "TestCases.test_subtest_failure_ends_the_rank")
+    assert "rank 1 of 3 failed: AssertionError: 1 != 0 : rank 1 disagrees (in subTest (x=1))" in report
+    assert "timed out" not in report and "rank 1 failed first" in report, report
 
 
 def test_expected_failure_is_recorded_as_expected(cases):
