@@ -141,6 +141,14 @@ def _headline_lines(outcome: Outcome) -> list[str]:
         lines.append(f"{_ranks_word(ranks)} of {outcome.world_size} failed: {same}{group[0].summary}{where}")
     if len(groups) > 1 and outcome.first_failure is not None:
         lines.append(f"rank {outcome.first_failure} failed first; the other failures may be consequences")
+    skipped = [r for r in outcome.ranks if r.outcome == SKIPPED]
+    if skipped:  # a rank that skips leaves the group: its peers' collectives fail for it
+        reasons = "; ".join(sorted({r.summary for r in skipped}))
+        why = ""
+        if all(r.peer_gone for group in groups for r in group):
+            failures = "the failure above is" if sum(map(len, groups)) == 1 else "the failures above are"
+            why = f" ({failures} likely a consequence: a rank that skips leaves the group)"
+        lines.append(f"{_ranks_word([r.rank for r in skipped])} skipped: {reasons}{why}")
     if stopped:
         lines.append(f"{_ranks_word(stopped)} {_were(stopped)} stopped")
     return lines

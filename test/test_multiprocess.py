@@ -81,6 +81,12 @@ class TestCases(MultiProcessTestCase):
             with self.subTest(i=i):
                 self.assertNotEqual(i + self.rank, 2)
 
+    def test_rank_1_skips_while_the_others_wait(self):
+        self._pg()
+        if self.rank == 1:
+            self.skipTest("rank 1 has no GPU")
+        dist.all_reduce(torch.ones(1))  # rank 1 left: connection closed, as on PyTorch's framework
+
     def test_subtest_failure_ends_the_rank(self):
         self._pg()
 
@@ -250,6 +256,12 @@ def test_a_failed_subtest_ends_its_rank_as_on_pytorch_s(cases):
     report = _report(cases, "TestCases.test_subtest_failure_ends_the_rank")
     assert "rank 1 of 3 failed: AssertionError: 1 != 0 : rank 1 disagrees (in subTest (x=1))" in report
     assert "timed out" not in report and "rank 1 failed first" in report, report
+
+
+def test_a_rank_that_skips_alone_is_named_as_the_likely_cause(cases):
+    assert _outcome(cases, "TestCases.test_rank_1_skips_while_the_others_wait") == "ERROR"  # as PyTorch's
+    report = _report(cases, "TestCases.test_rank_1_skips_while_the_others_wait")
+    assert "rank 1 skipped: rank 1 has no GPU (the failures above are likely a consequence" in report, report
 
 
 def test_expected_failure_is_recorded_as_expected(cases):
