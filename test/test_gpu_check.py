@@ -108,3 +108,20 @@ def test_verdicts_are_read_through_warnings_printed_mid_line():
         "TestSpawn.test_b": "skipped 'needs 2 CUDA devices, found 1'",
         "TestSpawn.test_c": "FAIL",
     }
+
+
+def test_verdicts_are_read_from_python_3_10_lines_too():
+    """Python 3.10's unittest -v names the class only: ``test_a (__main__.TestSpawn) ... ok``."""
+    output = "test_a (__main__.TestSpawn) ... ok\ntest_b (test_x.TestSpawn) ... ERROR\n"
+    assert gpu_check.outcomes(output) == {"TestSpawn.test_a": "ok", "TestSpawn.test_b": "ERROR"}
+
+
+def test_pytest_checks_name_the_plugin_only_when_its_entry_point_is_missing(monkeypatch):
+    (lease,) = [check for check in gpu_check.CHECKS if check.name == "xdist_device_lease"]
+    assert gpu_check._plugin_args(lease) == []  # installed here (pip install -e): the entry point loads it
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    assert gpu_check._plugin_args(lease) == ["-p", "distributed_testing._pytest_plugin"]
+    (skips,) = [check for check in gpu_check.CHECKS if check.name == "gpu_skips"]
+    assert gpu_check._plugin_args(skips) == []
