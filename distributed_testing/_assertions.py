@@ -126,6 +126,7 @@ class TensorAssertions(expecttest.TestCase):
         """
         from distributed_testing import _expect
 
+        actual, expect = _expect.normalized(self, actual, expect, options)
         if not _expect.record(self, actual, expect, skip + 1):
             super().assertExpectedInline(actual, expect, skip=skip + 1, **options)
 

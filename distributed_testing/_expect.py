@@ -16,7 +16,7 @@ from distributed_testing import _rank
 
 __unittest = True
 
-__all__ = ["record", "settle"]
+__all__ = ["normalized", "record", "settle"]
 
 Expectation = tuple[str, int, str, str]  # file, line, actual, expected
 
@@ -26,12 +26,23 @@ def accepting() -> bool:
     return bool(os.getenv("EXPECTTEST_ACCEPT"))
 
 
-def record(case: Any, actual: Any, expect: str, skip: int) -> bool:
+def normalized(case: Any, actual: Any, expect: str, options: dict[str, Any]) -> tuple[str, str]:
+    """The value and expectation as the next check compares them: PyTorch's TestCase takes any
+    value (its ``str()``), drops ANSI colours and, when asked, comment and empty lines."""
+    actual = actual if isinstance(actual, str) else str(actual)
+    steps = [getattr(case, "_remove_ansi_escape", None)]
+    steps += [getattr(case, "remove_comment_lines", None)] if options.get("ignore_comments") else []
+    steps += [getattr(case, "remove_empty_lines", None)] if options.get("ignore_empty_lines") else []
+    for step in filter(None, steps):
+        actual, expect = step(actual), step(expect)
+    return actual, expect
+
+
+def record(case: Any, actual: str, expect: str, skip: int) -> bool:
     """In a rank (process or thread), note the value; return True when the rank must not check it itself."""
     recorded = _rank.expectation_list()
     if recorded is None:
         return False
-    actual = actual if isinstance(actual, str) else str(actual)  # as PyTorch's TestCase takes any value
     filters = getattr(case, "_expect_filters", None)
     if filters:
         import expecttest

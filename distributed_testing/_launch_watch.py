@@ -131,9 +131,7 @@ class Watch:
 
     def on_stop(self) -> None:
         """From the test's result, when it records an error, a failure or a skip: tell the peers."""
-        frames = _callers(6)
-        if any(f.f_code.co_name == "addSubTest" for f in frames):
-            return  # a failed subtest does not end the test; its tear-down tells the peers
+        frames = _callers(6)  # a failed or skipped subTest ends the test too (the rank's result is failfast)
         collector = frames[0].f_locals.get("self") if frames else None
         kind = STOP_FAILED
         if isinstance(collector, _rank._Collector) and collector.skip_reason is not None:

@@ -236,6 +236,7 @@ def _expected_inline_recorded(case: unittest.TestCase) -> Iterator[None]:
         return
 
     def assert_expected_inline(actual: Any, expect: str, skip: int = 0, **options: Any) -> None:
+        actual, expect = _expect.normalized(case, actual, expect, options)
         if not _expect.record(case, actual, expect, skip + 1):
             original(actual, expect, skip=skip + 1, **options)
 

@@ -165,7 +165,7 @@ def _apply(torch_module: types.ModuleType) -> None:
     for name, value in _replacements().items():
         _saved[(TORCH_MODULE, name)] = original = getattr(torch_module, name, _MISSING)
         setattr(torch_module, name, value)
-        if original is not _MISSING and not isinstance(original, int):  # not DEFAULT_WORLD_SIZE: 4 is every 4
+        if isinstance(original, (type, dict)) or callable(original):  # not DEFAULT_WORLD_SIZE: 4 is every 4
             ours_for[id(original)] = (original, value)
     _saved[(UTILS_MODULE, "run_tests")] = utils.run_tests
     ours_for[id(utils.run_tests)] = (utils.run_tests, run_tests)

@@ -7,6 +7,7 @@ The GPU path needs a CUDA device; here the script runs with CUDA hidden
 from __future__ import annotations
 
 import re
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -116,12 +117,17 @@ def test_verdicts_are_read_from_python_3_10_lines_too():
     assert gpu_check.outcomes(output) == {"TestSpawn.test_a": "ok", "TestSpawn.test_b": "ERROR"}
 
 
-def test_pytest_checks_name_the_plugin_only_when_its_entry_point_is_missing(monkeypatch):
-    (lease,) = [check for check in gpu_check.CHECKS if check.name == "xdist_device_lease"]
-    assert gpu_check._plugin_args(lease) == []  # installed here (pip install -e): the entry point loads it
-    import importlib.metadata
+def test_pytest_checks_name_the_plugin_only_when_its_entry_point_is_missing(tmp_path):
+    import os
+    import sys
 
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
-    assert gpu_check._plugin_args(lease) == ["-p", "distributed_testing._pytest_plugin"]
+    (lease,) = [check for check in gpu_check.CHECKS if check.name == "xdist_device_lease"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    assert gpu_check._plugin_args(lease, env, tmp_path) == []  # installed here (pip install -e): its entry point
+    # A Python that has torch but not this package installed: the checkout comes through PYTHONPATH.
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    named = gpu_check._plugin_args(lease, env, tmp_path, python=str(bare / "bin" / "python"))
+    assert named == ["-p", "distributed_testing._pytest_plugin"]
     (skips,) = [check for check in gpu_check.CHECKS if check.name == "gpu_skips"]
-    assert gpu_check._plugin_args(skips) == []
+    assert gpu_check._plugin_args(skips, env, tmp_path) == []

@@ -425,3 +425,41 @@ def test_rank_threads_output_is_kept_per_rank(runner: Runner) -> None:
     assert shown.returncode == 1, shown.output
     assert "rank 1: failed: ValueError: rank 1 gives up" in shown.output
     assert "rank 3: passed" in shown.output and "output:\nrank 3 was here" in shown.output
+
+
+ACCEPT_OPTIONS = """
+from distributed_testing import torch_compat
+
+torch_compat.install()
+
+from torch.testing._internal import common_utils
+from torch.testing._internal.common_distributed import MultiThreadedTestCase
+
+
+class TestOptions(MultiThreadedTestCase):
+    @property
+    def world_size(self):
+        return 2
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_threads()
+
+    def test_without_comments(self):
+        self.assertExpectedInline("# a note\\nvalue = 2", \"\"\"\"\"\", ignore_comments=True)
+
+
+if __name__ == "__main__":
+    common_utils.run_tests()
+"""
+
+
+def test_accepting_in_rank_threads_applies_pytorch_s_options(runner: Runner) -> None:
+    """PyTorch's assertExpectedInline options shape what the ranks record, so what is accepted is what it checks."""
+    path = runner.write(ACCEPT_OPTIONS, header=False)
+    run = runner.run(str(path), "-v", EXPECTTEST_ACCEPT="1")
+    assert run.returncode == 0, run.output
+    assert 'ignore_comments=True' in path.read_text() and '"""value = 2"""' in path.read_text(), path.read_text()
+    again = runner.run(str(path), "-v")
+    assert outcomes(again.output) == {"TestOptions.test_without_comments": "ok"}, again.output
+

@@ -335,16 +335,21 @@ def child_env(scratch: Path, extra: tuple[tuple[str, str], ...], timeout: float)
     return env
 
 
-def _plugin_args(check: Check) -> list[str]:
+_HAS_ENTRY_POINT = (
+    "from importlib.metadata import entry_points as e; "
+    "print(any(p.name == 'distributed_testing' for p in e(group='pytest11')))"
+)
+
+
+def _plugin_args(check: Check, env: dict[str, str], cwd: Path, python: str = sys.executable) -> list[str]:
     """pytest loads this library's plugin through its entry point, which only an installed
-    package has; from a checkout on PYTHONPATH, name it (twice would be a pytest error)."""
+    package has; from a checkout on PYTHONPATH, name it (twice would be a pytest error).
+    Asked of a child where the check runs, with its environment (PYTHONPATH decides what it sees)."""
     if "pytest" not in check.argv:
         return []
-    from importlib.metadata import entry_points
-
-    if any(e.name == "distributed_testing" for e in entry_points(group="pytest11")):
-        return []
-    return ["-p", "distributed_testing._pytest_plugin"]
+    proc = subprocess.run([python, "-c", _HAS_ENTRY_POINT], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+    return [] if proc.stdout.strip() == "True" else ["-p", "distributed_testing._pytest_plugin"]
 
 
 def run_check(check: Check, root: Path, timeout: float) -> Run:
@@ -354,7 +359,7 @@ def run_check(check: Check, root: Path, timeout: float) -> Run:
     text = HEADER + textwrap.dedent(check.body).rstrip("\n") + FOOTER
     (workdir / "test_x.py").write_text(text)
     env = child_env(scratch, check.env, timeout)
-    proc = subprocess.Popen([sys.executable, *check.argv, *_plugin_args(check)], cwd=workdir, env=env,
+    proc = subprocess.Popen([sys.executable, *check.argv, *_plugin_args(check, env, workdir)], cwd=workdir, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", start_new_session=True)
     code: int | None = None
