@@ -53,6 +53,12 @@ class TestEnvGroup(DistBackendTestCase):
         self.assertEqual(t.item(), 1.0)
         self._barrier()
 
+    def test_subtest_fails_on_rank_1_only(self):
+        for i in range(2):
+            with self.subTest(i=i):
+                self.assertFalse(self.rank == 1 and i == 0, "rank 1 disagrees")
+                dist.all_reduce(torch.ones(1))  # rank 0 waits here for rank 1, which has left the test
+
 if __name__ == "__main__":
     run_tests()
 """
@@ -166,10 +172,15 @@ def _check(outputs: list[str]) -> None:
         assert "rank 1 of 2 failed: ValueError: rank 1 only" in output
         assert "test_subtests_and_cleanups (__main__.TestLaunched.test_subtests_and_cleanups) ... FAIL" in output
         assert "ranks 0-1 of 2 failed: same AssertionError: 1 != 0 (in subTest (i=1))" in output
+        # A failed subTest ends its rank's test (as PyTorch's): the peer is stopped, no deadline.
+        assert ("test_subtest_fails_on_rank_1_only (__main__.TestEnvGroup.test_subtest_fails_on_rank_1_only) "
+                "... FAIL") in output
+        assert "rank 1 of 2 failed: AssertionError: True is not false : rank 1 disagrees (in subTest (i=0))" in output
+        assert "timed out" not in output
     assert sorted(o.count("cleanup ran on rank") for o in outputs) == [1, 1]
     # The failing rank's traceback is printed once, by rank 0; the other rank points there.
     assert sum(o.count('raise ValueError("rank 1 only")') for o in outputs) == 1
-    assert sum(o.count("(the full report is printed by rank 0)") for o in outputs) == 2
+    assert sum(o.count("(the full report is printed by rank 0)") for o in outputs) == 3
 
 
 def test_one_node(runner):
