@@ -47,7 +47,6 @@ __unittest = True  # hide these frames from user tracebacks
 
 __all__ = ["MultiThreadedTestCase", "run_subtests", "spawn_threads_and_init_comms"]
 
-DEFAULT_WORLD_SIZE = 4  # as PyTorch's MultiThreadedTestCase (and its decorator)
 
 
 _EXPANDED: set[type] = set()  # classes whose world-size marks are expanded (done once: it walks the class)
@@ -197,17 +196,19 @@ class MultiThreadedTestCase(Retrying, TensorAssertions):
 
 
 def spawn_threads_and_init_comms(
-    func: Callable[..., Any] | None = None, timeout: float | None = None, world_size: int = DEFAULT_WORLD_SIZE
+    func: Callable[..., Any] | None = None, timeout: float | None = None, world_size: int | None = None
 ) -> Any:
     """Decorate a test method to run its body in ``world_size`` rank threads, each with a
     default group of the ``threaded`` backend (works on any ``unittest.TestCase``).
+    ``world_size`` defaults to PyTorch's (4; on ROCm the GPU count clamped to 2..4).
 
     ``timeout``: seconds (default: the class's ``timeout``, env
     ``DISTRIBUTED_TESTING_TIMEOUT``, else 300). The rank threads share ``self``.
     """
     if func is None:
         return functools.partial(spawn_threads_and_init_comms, timeout=timeout, world_size=world_size)
-    size = _config.parse_world_size(world_size, "spawn_threads_and_init_comms(world_size=...)")
+    chosen = _guards.DEFAULT_WORLD_SIZE if world_size is None else world_size
+    size = _config.parse_world_size(chosen, "spawn_threads_and_init_comms(world_size=...)")
 
     @functools.wraps(func)
     def wrapper(self: unittest.TestCase, *args: Any, **kwargs: Any) -> None:

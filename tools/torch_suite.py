@@ -131,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"torch_suite: --file: no such file: {missing[0]}; example: --file test_c10d_gloo.py", file=sys.stderr)
         return 2
+    stems = [os.path.basename(path) for path in args.file]
+    twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if twice:
+        print(f"torch_suite: --file: two files named {twice[0]} (their logs and records would share names); "
+              "compare them in separate runs", file=sys.stderr)
+        return 2
     suites = resolve(args.suite or ["dist"]) if not args.file else []
     if args.world_size and any(n < 1 for n in args.world_size):
         print("torch_suite: --world-size values must be >= 1", file=sys.stderr)
