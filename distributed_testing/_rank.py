@@ -342,7 +342,8 @@ def run_in_rank(
 
     def tear_down_knowing_the_outcome() -> None:
         # A tear-down can skip waiting for peers that a failed test left behind.
-        case._dt_test_failed = bool(collector.error_infos) or collector.exit_status is not None  # type: ignore[attr-defined]
+        failed = bool(collector.error_infos) or collector.exit_status is not None or _failed_unreported(case)
+        case._dt_test_failed = failed  # type: ignore[attr-defined]
         tear_down()
 
     case.tearDown = _phase(collector, "tearDown", tear_down_knowing_the_outcome)  # type: ignore[method-assign]
@@ -350,6 +351,13 @@ def run_in_rank(
     unittest.TestCase.run(case, collector)
     result = _result_of(collector, rank, time.monotonic() - start)
     return dataclasses.replace(result, expectations=tuple(recorded or ()))
+
+
+def _failed_unreported(case: unittest.TestCase) -> bool:
+    """Python 3.10 hands a test's errors to its result only after tearDown: read them where
+    unittest keeps them meanwhile (3.11 reports them at once and has no such list)."""
+    pending = getattr(getattr(case, "_outcome", None), "errors", None) or []
+    return any(exc is not None and not issubclass(exc[0], SystemExit) for _test, exc in pending)
 
 
 def stop_peers_on_expected_failure(case: unittest.TestCase, on_stop: Callable[[], None]) -> None:
