@@ -637,3 +637,17 @@ def test_fold_a_peer_gone_error_after_an_assertion_is_its_consequence_not_an_err
     # An error of its own on the other rank keeps the test an error.
     outcome = fold_ranks(failed(0, error("ValueError", "boom")), failed(1, error("AssertionError", "x")), first_failure=1)
     assert outcome.kind == ERROR
+
+
+def test_a_failure_python_3_10_has_not_reported_yet_counts_in_tear_down():
+    """3.10 keeps a test's errors on its _Outcome until after tearDown; 3.11+ reports them at once."""
+    from types import SimpleNamespace
+
+    _rank = distributed_testing._rank
+    case = unittest.TestCase()
+    case._outcome = SimpleNamespace(errors=[(case, None), (case, (ValueError, ValueError("x"), None))])
+    assert _rank._failed_unreported(case)
+    case._outcome = SimpleNamespace(errors=[(case, None), (case, (SystemExit, SystemExit(75), None))])
+    assert not _rank._failed_unreported(case)  # an exit code (a skip, say) is judged as before
+    case._outcome = SimpleNamespace(success=False)  # 3.11+: no such list
+    assert not _rank._failed_unreported(case)
